@@ -1,0 +1,25 @@
+"""The per-request context every resolver receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from starlette.requests import Request
+from starlette.websockets import WebSocket
+
+from server.broker import Broker
+from server.settings import Settings
+
+
+@dataclass(slots=True)
+class Context:
+    """Built per request by the GraphQL app from what the lifespan put on `app.state`."""
+
+    request: Request | WebSocket
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[Any]
+    broker: Broker
+    request_id: str

@@ -1,0 +1,131 @@
+"""The `kasparro` command: run the service, its parts, and operator tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from server.settings import Settings, SettingsError
+
+cli = typer.Typer(
+    name="kasparro",
+    help="Crypto prices from CoinGecko, CoinPaprika and CSV files, served over GraphQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+HostOption = Annotated[str | None, typer.Option(help="Listen address [KASPARRO_HOST]")]
+PortOption = Annotated[int | None, typer.Option(help="Listen port [KASPARRO_PORT]")]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment; a bad value ends the command with a one-line message."""
+    values = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        settings = Settings.load(**values)
+    except SettingsError as exc:
+        typer.secho(f"kasparro: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    from server.logging import configure_logging
+
+    configure_logging(settings.log_level)
+    return settings
+
+
+@cli.command()
+def up(host: HostOption = None, port: PortOption = None) -> None:
+    """The whole system in one process: migrations, server and ingestion scheduler."""
+    settings = load_settings(KASPARRO_HOST=host, KASPARRO_PORT=port)
+    asyncio.run(_migrate(settings))
+    _serve(settings, with_worker=True)
+
+
+@cli.command()
+def serve(host: HostOption = None, port: PortOption = None) -> None:
+    """The GraphQL server only (run N replicas behind a load balancer)."""
+    _serve(load_settings(KASPARRO_HOST=host, KASPARRO_PORT=port), with_worker=False)
+
+
+@cli.command()
+def worker() -> None:
+    """The arq ingestion worker only (run N workers on one Redis)."""
+    settings = load_settings()
+    if settings.redis_url is None:
+        typer.secho(
+            "kasparro: `kasparro worker` needs REDIS_URL (the job queue); "
+            "without Redis use `kasparro up`, which runs the scheduler in-process",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(2)
+    from workers.worker import run_worker
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_worker(settings))
+
+
+@cli.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
+) -> None:
+    """Apply database migrations (alembic upgrade head)."""
+    settings = load_settings()
+    asyncio.run(_migrate(settings, revision))
+    typer.echo(f"database at revision {revision}")
+
+
+@cli.command("schema")
+def print_schema() -> None:
+    """Print the GraphQL schema (SDL)."""
+    from schema.root import sdl
+
+    sys.stdout.write(sdl())
+
+
+async def _migrate(settings: Settings, revision: str = "head") -> None:
+    from server.db import create_engine
+    from server.migrate import upgrade
+
+    engine = create_engine(settings)
+    try:
+        await upgrade(engine, settings, revision)
+    finally:
+        await engine.dispose()
+
+
+def _serve(settings: Settings, *, with_worker: bool) -> None:
+    from server.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings, with_worker=with_worker),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        proxy_headers=True,
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=3,
+    )
+    # uvicorn re-raises the signal it caught once it has shut down cleanly; by then the
+    # shutdown was graceful, so SIGTERM (docker stop) and Ctrl-C both end with status 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run()
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

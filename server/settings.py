@@ -1,0 +1,225 @@
+"""All configuration of the service, read from the environment (and `.env`) into one object.
+
+Settings are built once by the entry point (`Settings.load()`) and passed into the factories
+(`create_app`, `create_engine`, the worker); nothing imports a global instance.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Self
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./kasparro.db"
+KNOWN_SOURCES = ("coingecko", "coinpaprika", "csv")
+
+# Driver-less URLs a managed service hands out are mapped onto the async drivers we ship.
+_DRIVER_FOR_SCHEME = {
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "sqlite": "sqlite+aiosqlite",
+}
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class SettingsError(ValueError):
+    """A variable holds a value the service cannot start with; the message is one line."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every variable of the service. Field names are internal; the aliases are the contract."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    host: str = Field("127.0.0.1", validation_alias="KASPARRO_HOST")
+    port: int = Field(8000, validation_alias="KASPARRO_PORT")
+    sources: CommaList = Field(list(KNOWN_SOURCES), validation_alias="KASPARRO_SOURCES")
+
+    coingecko_base_url: str = Field(
+        "https://api.coingecko.com/api/v3", validation_alias="COINGECKO_BASE_URL"
+    )
+    coingecko_api_key: SecretStr | None = Field(None, validation_alias="COINGECKO_API_KEY")
+    coinpaprika_base_url: str = Field(
+        "https://api.coinpaprika.com/v1", validation_alias="COINPAPRIKA_BASE_URL"
+    )
+    coinpaprika_api_key: SecretStr | None = Field(None, validation_alias="COINPAPRIKA_API_KEY")
+    csv_paths: CommaList = Field(["./data/*.csv"], validation_alias="KASPARRO_CSV_PATHS")
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, validation_alias="KASPARRO_API_KEYS"
+    )
+    ingest_interval: int = Field(300, validation_alias="KASPARRO_INGEST_INTERVAL")
+
+    coingecko_calls_per_minute: float = Field(
+        10, gt=0, validation_alias="KASPARRO_COINGECKO_CALLS_PER_MINUTE"
+    )
+    coingecko_max_pages: int = Field(4, ge=1, validation_alias="KASPARRO_COINGECKO_MAX_PAGES")
+    coinpaprika_calls_per_minute: float = Field(
+        60, gt=0, validation_alias="KASPARRO_COINPAPRIKA_CALLS_PER_MINUTE"
+    )
+    http_timeout: float = Field(15, gt=0, validation_alias="KASPARRO_HTTP_TIMEOUT")
+    csv_batch_size: int = Field(5000, ge=1, validation_alias="KASPARRO_CSV_BATCH_SIZE")
+    # Failure injection for demonstrations and crash tests: fail a run after N loaded rows.
+    fail_after_rows: int | None = Field(None, ge=0, validation_alias="KASPARRO_FAIL_AFTER_ROWS")
+
+    log_level: str = Field("info", validation_alias="KASPARRO_LOG_LEVEL")
+    graphiql: bool = Field(True, validation_alias="KASPARRO_GRAPHIQL")
+    db_pool_size: int = Field(10, validation_alias="KASPARRO_DB_POOL_SIZE")
+
+    # ---- validation: each error names the variable and the value ----
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"DATABASE_URL={value!r} is not a database URL") from None
+        driver = _DRIVER_FOR_SCHEME.get(url.drivername)
+        if driver is None:
+            shown = url.render_as_string(hide_password=True)
+            raise ValueError(
+                f"DATABASE_URL={shown!r} has unsupported scheme {url.drivername!r}; "
+                "use postgresql+asyncpg:// or sqlite+aiosqlite://"
+            )
+        return url.set(drivername=driver).render_as_string(hide_password=False)
+
+    @field_validator("coingecko_api_key", "coinpaprika_api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: object) -> object:
+        # `COINGECKO_API_KEY=` in a .env file means "no key", not an empty key.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not value.startswith(_REDIS_SCHEMES):
+            raise ValueError(
+                f"REDIS_URL={_mask_url(value)!r} must start with redis://, rediss:// or unix://"
+            )
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError(f"KASPARRO_PORT={value} is out of range 1-65535")
+        return value
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources_list(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("sources")
+    @classmethod
+    def _sources_known(cls, value: list[str]) -> list[str]:
+        names = [name.lower() for name in value]
+        unknown = [name for name in names if name not in KNOWN_SOURCES]
+        if unknown:
+            raise ValueError(
+                f"KASPARRO_SOURCES={','.join(value)!r} names unknown source(s) "
+                f"{', '.join(unknown)}; known: {', '.join(KNOWN_SOURCES)}"
+            )
+        return list(dict.fromkeys(names))
+
+    @field_validator("csv_paths", "api_keys", mode="before")
+    @classmethod
+    def _comma_lists(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("coingecko_base_url", "coinpaprika_base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base URL {value!r} must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("ingest_interval")
+    @classmethod
+    def _interval(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"KASPARRO_INGEST_INTERVAL={value} must be at least 1 second")
+        return value
+
+    @field_validator("db_pool_size")
+    @classmethod
+    def _pool(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"KASPARRO_DB_POOL_SIZE={value} must be at least 1")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.lower()
+        if level not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError(f"KASPARRO_LOG_LEVEL={value!r} is not a log level")
+        return level
+
+    # ---- construction ----
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Self:
+        """Read the environment; raise SettingsError with a one-line message on a bad value."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(_one_line(exc)) from None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: in-memory broker and in-process scheduler."""
+        return self.redis_url is None
+
+
+def _mask_url(value: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    if sep and "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else value
+    return value
+
+
+def _one_line(exc: ValidationError) -> str:
+    """Turn pydantic's report into `VARIABLE: message` lines joined on one line."""
+    parts = []
+    for error in exc.errors():
+        loc = error.get("loc") or ("settings",)
+        name = str(loc[0])
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if "=" in message and message.split("=", 1)[0].isupper():
+            parts.append(message)
+        else:
+            value = error.get("input")
+            shown = "***" if "KEY" in name else repr(value)
+            parts.append(f"{name}={shown}: {message}")
+    return "invalid configuration: " + "; ".join(parts)

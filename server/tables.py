@@ -1,0 +1,223 @@
+"""The one SQLAlchemy metadata: the unified schema shared by server, workers and migrations."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    func,
+    text,
+)
+
+from server.sqltypes import ExactDecimal, JSONDocument, UTCDateTime
+
+# Stable constraint names: alembic can diff them and SQLite batch migrations can drop them.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# BIGINT on PostgreSQL; INTEGER on SQLite, where only INTEGER PRIMARY KEY auto-increments.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+RUN_STATUSES = ("running", "succeeded", "partial", "failed")
+
+
+def _created() -> Column[object]:
+    return Column("created_at", UTCDateTime(), nullable=False, server_default=func.now())
+
+
+def _run_fk(*, nullable: bool = True) -> Column[int]:
+    return Column(
+        "run_id", BigId, ForeignKey("etl_runs.id", ondelete="SET NULL"), nullable=nullable
+    )
+
+
+assets = Table(
+    "assets",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("slug", String(200), nullable=False, unique=True),
+    Column("symbol", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    _created(),
+    Index(None, "symbol"),
+    Index(None, "name"),
+)
+
+asset_aliases = Table(
+    "asset_aliases",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", String(32), nullable=False),
+    Column("source_asset_id", String(200), nullable=False),
+    Column("asset_id", Integer, ForeignKey("assets.id", ondelete="CASCADE"), nullable=False),
+    Column("symbol", String(64)),
+    Column("name", String(200)),
+    # How the alias was resolved: exact, created, ambiguous (reported, own asset) or pinned.
+    Column("resolution", String(16), nullable=False, server_default="created"),
+    # A curated override: later runs never re-resolve a pinned alias.
+    Column("pinned", Boolean, nullable=False, server_default=false()),
+    _created(),
+    UniqueConstraint("source", "source_asset_id"),
+    Index(None, "asset_id"),
+)
+
+etl_runs = Table(
+    "etl_runs",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("source", String(32), nullable=False),
+    Column("trigger", String(32), nullable=False),
+    Column("status", String(16), nullable=False, server_default="running"),
+    Column("started_at", UTCDateTime(), nullable=False, server_default=func.now()),
+    Column("finished_at", UTCDateTime()),
+    Column("fetched", Integer, nullable=False, server_default="0"),
+    Column("inserted", Integer, nullable=False, server_default="0"),
+    Column("updated", Integer, nullable=False, server_default="0"),
+    Column("skipped", Integer, nullable=False, server_default="0"),
+    Column("quarantined", Integer, nullable=False, server_default="0"),
+    Column("error", Text),
+    Column("checkpoint_before", JSONDocument),
+    Column("checkpoint_after", JSONDocument),
+    Column("details", JSONDocument),
+    CheckConstraint("status IN ('running', 'succeeded', 'partial', 'failed')", name="status"),
+    Index(None, "source", "started_at"),
+    Index(None, "status", "started_at"),
+)
+
+raw_records = Table(
+    "raw_records",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    _run_fk(),
+    Column("source", String(32), nullable=False),
+    Column("origin", String(500), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("payload", JSONDocument, nullable=False),
+    Column("fetched_at", UTCDateTime(), nullable=False, server_default=func.now()),
+    Index(None, "source", "content_hash"),
+    Index(None, "run_id"),
+)
+
+prices = Table(
+    "prices",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("asset_id", Integer, ForeignKey("assets.id", ondelete="CASCADE"), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("observed_at", UTCDateTime(), nullable=False),
+    Column("price_usd", ExactDecimal(), nullable=False),
+    Column("market_cap_usd", ExactDecimal()),
+    Column("volume_24h_usd", ExactDecimal()),
+    Column("open_usd", ExactDecimal()),
+    Column("high_usd", ExactDecimal()),
+    Column("low_usd", ExactDecimal()),
+    Column("extra", JSONDocument),
+    # Provenance: the run and raw item that last wrote the row, and where it came from.
+    _run_fk(),
+    Column("raw_record_id", BigId, ForeignKey("raw_records.id", ondelete="SET NULL")),
+    Column("origin", String(500)),
+    Column("ingested_at", UTCDateTime(), nullable=False, server_default=func.now()),
+    Column("updated_at", UTCDateTime()),
+    UniqueConstraint("asset_id", "source", "observed_at"),
+    # Keyset pages: all prices by time, one asset by time, one source by time.
+    Index(None, "observed_at", "id"),
+    Index(None, "asset_id", "observed_at", "id"),
+    Index(None, "source", "observed_at", "id"),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", String(32), nullable=False),
+    # "" for API sources; the file identity for CSV; "history:<asset>" for backfills.
+    Column("stream", String(500), nullable=False, server_default=text("''")),
+    Column("state", JSONDocument, nullable=False),
+    _run_fk(),
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=func.now()),
+    UniqueConstraint("source", "stream"),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    _run_fk(),
+    Column("source", String(32), nullable=False),
+    Column("raw_record_id", BigId, ForeignKey("raw_records.id", ondelete="SET NULL")),
+    Column("origin", String(500), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("payload", JSONDocument, nullable=False),
+    _created(),
+    Index(None, "source", "created_at"),
+    Index(None, "run_id"),
+)
+
+drift_events = Table(
+    "drift_events",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    _run_fk(),
+    Column("source", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),  # missing, new, renamed, retyped
+    Column("field", String(200), nullable=False),
+    Column("matched_field", String(200)),
+    Column("confidence", Float),
+    Column("action", String(16), nullable=False),  # auto_mapped, quarantined, ignored, recorded
+    Column("detail", JSONDocument),
+    Column("detected_at", UTCDateTime(), nullable=False, server_default=func.now()),
+    Index(None, "source", "detected_at"),
+    Index(None, "detected_at", "id"),
+)
+
+anomalies = Table(
+    "anomalies",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("kind", String(32), nullable=False),  # run_fetched, price_jump, price_divergence, ...
+    _run_fk(),
+    Column("source", String(32), nullable=False),
+    Column("asset_id", Integer, ForeignKey("assets.id", ondelete="CASCADE")),
+    Column("price_id", BigId, ForeignKey("prices.id", ondelete="CASCADE")),
+    Column("observed_at", UTCDateTime()),
+    Column("value", ExactDecimal()),
+    Column("expected", ExactDecimal()),
+    Column("score", Float),
+    Column("detail", JSONDocument),
+    Column("detected_at", UTCDateTime(), nullable=False, server_default=func.now()),
+    Index(None, "detected_at", "id"),
+    Index(None, "source", "kind"),
+)
+
+__all__ = [
+    "RUN_STATUSES",
+    "anomalies",
+    "asset_aliases",
+    "assets",
+    "checkpoints",
+    "drift_events",
+    "etl_runs",
+    "metadata",
+    "prices",
+    "quarantine",
+    "raw_records",
+]

@@ -1,0 +1,95 @@
+"""What a job needs, made once per worker process: engine, broker, HTTP client, limiters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from server.broker import Broker, create_broker
+from server.db import create_engine
+from server.settings import Settings
+from workers.http import UpstreamClient
+from workers.ratelimit import RateLimiter, make_rate_limiter
+
+# Session-level advisory lock keys: one run per source at a time across all workers.
+_RUN_LOCK_BASE = 0x6B610000
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    broker: Broker
+    client: UpstreamClient
+    limiters: dict[str, RateLimiter]
+    _local_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def run_lock(self, source: str) -> AsyncIterator[bool]:
+        """Hold the per-source run lock; yields False (immediately) when another run has it."""
+        lock = self._local_locks.setdefault(source, asyncio.Lock())
+        if lock.locked():
+            yield False
+            return
+        async with lock:
+            if self.engine.dialect.name != "postgresql":
+                yield True  # SQLite is the embedded, single-process mode
+                return
+            async with self.engine.connect() as conn:
+                acquired = await _try_advisory_lock(conn, source)
+                try:
+                    yield acquired
+                finally:
+                    if acquired:
+                        await conn.execute(
+                            text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(source)}
+                        )
+                        await conn.commit()
+
+
+def _lock_key(source: str) -> int:
+    return _RUN_LOCK_BASE + zlib.crc32(source.encode()) % 0xFFFF
+
+
+async def _try_advisory_lock(conn: AsyncConnection, source: str) -> bool:
+    acquired = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(source)})
+    await conn.commit()
+    return bool(acquired)
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    settings: Settings, *, engine: AsyncEngine | None = None, broker: Broker | None = None
+) -> AsyncIterator[Runtime]:
+    """Create what is not given; close only what was created here."""
+    async with contextlib.AsyncExitStack() as stack:
+        if engine is None:
+            engine = create_engine(settings)
+            stack.push_async_callback(engine.dispose)
+        if broker is None:
+            broker = create_broker(settings.redis_url)
+            stack.push_async_callback(broker.close)
+        client = UpstreamClient(timeout=settings.http_timeout)
+        stack.push_async_callback(client.aclose)
+        redis: Any = None
+        if settings.redis_url is not None:
+            from redis.asyncio import Redis
+
+            redis = Redis.from_url(settings.redis_url)
+            stack.push_async_callback(redis.aclose)
+        limiters = {
+            "coingecko": make_rate_limiter(
+                "coingecko", settings.coingecko_calls_per_minute, redis=redis
+            ),
+            "coinpaprika": make_rate_limiter(
+                "coinpaprika", settings.coinpaprika_calls_per_minute, redis=redis
+            ),
+        }
+        yield Runtime(settings, engine, broker, client, limiters)

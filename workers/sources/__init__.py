@@ -1,0 +1,52 @@
+"""The source registry: a name → a configured Source. Adding a source adds one entry here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.runtime import Runtime
+    from workers.sources.base import Source
+
+SOURCE_NAMES = ("coingecko", "coinpaprika", "csv", "coingecko-history")
+
+
+class UnknownSourceError(ValueError):
+    """The name is not one of SOURCE_NAMES."""
+
+
+def build_source(
+    runtime: Runtime, name: str, *, path: str | None = None, options: dict[str, Any] | None = None
+) -> Source:
+    """A Source for `name`, configured from the runtime's settings."""
+    settings = runtime.settings
+    options = options or {}
+    if name == "coingecko":
+        from workers.sources.coingecko import CoinGeckoSource
+
+        return CoinGeckoSource(
+            base_url=settings.coingecko_base_url,
+            api_key=_secret(settings.coingecko_api_key),
+            client=runtime.client,
+            limiter=runtime.limiters["coingecko"],
+            max_pages=settings.coingecko_max_pages,
+        )
+    if name == "coinpaprika":
+        from workers.sources.coinpaprika import CoinPaprikaSource
+
+        return CoinPaprikaSource(
+            base_url=settings.coinpaprika_base_url,
+            api_key=_secret(settings.coinpaprika_api_key),
+            client=runtime.client,
+            limiter=runtime.limiters["coinpaprika"],
+        )
+    if name == "csv":
+        from workers.sources.csv import CsvSource
+
+        paths = [path] if path else settings.csv_paths
+        return CsvSource(paths, batch_size=settings.csv_batch_size)
+    raise UnknownSourceError(f"unknown source {name!r}; known: {', '.join(SOURCE_NAMES)}")
+
+
+def _secret(value: Any) -> str | None:
+    return None if value is None else str(value.get_secret_value())
