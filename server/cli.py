@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -81,6 +81,38 @@ def migrate(
     typer.echo(f"database at revision {revision}")
 
 
+EXIT_FOR_STATUS = {"succeeded": 0, "failed": 1, "partial": 3, "skipped": 4}
+
+
+@cli.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="coingecko, coinpaprika, csv or coingecko-history")],
+    file: Annotated[
+        str | None, typer.Option("--file", help="csv: ingest this file instead of the globs")
+    ] = None,
+    asset: Annotated[
+        str | None, typer.Option(help="coingecko-history: the CoinGecko coin id, e.g. bitcoin")
+    ] = None,
+    days: Annotated[int | None, typer.Option(help="coingecko-history: days back from now")] = None,
+) -> None:
+    """One ingestion run now, with progress. Exit code: 0 succeeded, 1 failed, 3 partial
+    (rows quarantined), 4 skipped (another run of the source is in progress)."""
+    settings = load_settings()
+    options = {key: value for key, value in {"asset": asset, "days": days}.items() if value}
+    status = asyncio.run(_ingest(settings, source, file, options))
+    raise typer.Exit(EXIT_FOR_STATUS.get(status, 1))
+
+
+@cli.command()
+def runs(
+    source: Annotated[str | None, typer.Option(help="Only this source")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many runs")] = 20,
+) -> None:
+    """Recent ingestion runs as a table, newest first."""
+    settings = load_settings()
+    asyncio.run(_show_runs(settings, source, limit))
+
+
 @cli.command("schema")
 def print_schema() -> None:
     """Print the GraphQL schema (SDL)."""
@@ -98,6 +130,70 @@ async def _migrate(settings: Settings, revision: str = "head") -> None:
         await upgrade(engine, settings, revision)
     finally:
         await engine.dispose()
+
+
+async def _ingest(
+    settings: Settings, source: str, path: str | None, options: dict[str, Any]
+) -> str:
+    from rich.console import Console
+
+    from server.console import ingest_progress, runs_table
+    from server.db import create_engine
+    from workers.pipeline.runner import run_source
+    from workers.pipeline.runs import run_row
+    from workers.runtime import open_runtime
+    from workers.sources import UnknownSourceError
+
+    console = Console(stderr=True)
+    engine = create_engine(settings)
+    try:
+        if settings.is_sqlite:  # the embedded default: make the file usable on first use
+            from server.migrate import upgrade
+
+            await upgrade(engine, settings)
+        async with open_runtime(settings, engine=engine) as runtime:
+            with ingest_progress(console, source) as progress:
+                try:
+                    result = await run_source(
+                        runtime,
+                        source,
+                        trigger="cli",
+                        path=path,
+                        options=options,
+                        progress=progress,
+                    )
+                except (UnknownSourceError, ValueError) as exc:
+                    typer.secho(f"kasparro: {exc}", err=True, fg=typer.colors.RED)
+                    raise typer.Exit(2) from None
+            if result.run_id is not None:
+                async with engine.connect() as conn:
+                    row = await run_row(conn, result.run_id)
+                Console().print(runs_table([row], title=f"Run {result.run_id}"))
+            else:
+                console.print(f"{result.source}: skipped, another run is in progress")
+    finally:
+        await engine.dispose()
+    return result.status
+
+
+async def _show_runs(settings: Settings, source: str | None, limit: int) -> None:
+    from rich.console import Console
+    from sqlalchemy import select
+
+    from server.console import runs_table
+    from server.db import create_engine
+    from server.tables import etl_runs
+
+    engine = create_engine(settings)
+    try:
+        query = select(etl_runs).order_by(etl_runs.c.id.desc()).limit(limit)
+        if source:
+            query = query.where(etl_runs.c.source == source)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+    finally:
+        await engine.dispose()
+    Console().print(runs_table([dict(row) for row in rows]))
 
 
 def _serve(settings: Settings, *, with_worker: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +20,12 @@ from workers.pipeline.load import BatchOutcome, load_checkpoints, write_batch
 from workers.pipeline.runs import PRICES_CHANNEL, RUNS_CHANNEL, finish_run, publish, start_run
 from workers.runtime import Runtime
 from workers.sources import build_source
-from workers.sources.base import Batch, PriceRecord, RecordError, SourceItem
+from workers.sources.base import Batch, PriceRecord, RecordError, Source, SourceItem
 
 log = structlog.get_logger(__name__)
+
+
+Progress = Callable[[BatchOutcome, BatchOutcome], None]
 
 
 class InjectedFailure(RuntimeError):
@@ -55,18 +59,24 @@ async def run_source(
     trigger: str,
     path: str | None = None,
     options: dict[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> RunResult:
-    """Run `source` once unless a run of it is already going (then status "skipped")."""
-    async with runtime.run_lock(source) as acquired:
+    """Run `source` once unless a run of it is already going (then status "skipped").
+
+    `progress(batch, totals)` is called after each committed batch (the CLI's progress bar).
+    """
+    src = build_source(runtime, source, path=path, options=options or {})
+    async with runtime.run_lock(src.name) as acquired:
         if not acquired:
-            log.info("run skipped: another run of this source is in progress", source=source)
-            return RunResult(None, source, "skipped")
-        return await _run(runtime, source, trigger=trigger, path=path, options=options or {})
+            log.info("run skipped: another run of this source is in progress", source=src.name)
+            return RunResult(None, src.name, "skipped")
+        return await _run(runtime, src, trigger=trigger, progress=progress)
 
 
 async def _run(
-    runtime: Runtime, source: str, *, trigger: str, path: str | None, options: dict[str, Any]
+    runtime: Runtime, src: Source, *, trigger: str, progress: Progress | None
 ) -> RunResult:
+    source = src.name
     started = time.perf_counter()
     engine = runtime.engine
     async with engine.begin() as conn:
@@ -83,11 +93,12 @@ async def _run(
     resolver = IdentityResolver()
     status, error = "succeeded", None
     try:
-        src = build_source(runtime, source, path=path, options=options)
         async for batch in src.batches(_checkpoint_for(src, checkpoints)):
             outcome = await _load(runtime, run_id, source, src, batch, resolver)
             _add(totals, outcome)
             checkpoints[batch.stream] = batch.checkpoint
+            if progress is not None:
+                progress(outcome, totals)
             if outcome.new_prices:
                 await publish(
                     runtime.broker,
@@ -159,7 +170,7 @@ async def _load(
     runtime: Runtime,
     run_id: int,
     source: str,
-    src: Any,
+    src: Source,
     batch: Batch,
     resolver: IdentityResolver,
 ) -> BatchOutcome:
@@ -186,7 +197,7 @@ async def _load(
         raise
 
 
-def _checkpoint_for(src: Any, checkpoints: dict[str, dict[str, Any]]) -> Any:
+def _checkpoint_for(src: Source, checkpoints: dict[str, dict[str, Any]]) -> Any:
     """Multi-stream sources (CSV files) get every stream's checkpoint; others their one."""
     if getattr(src, "multi_stream", False):
         return checkpoints

@@ -252,26 +252,33 @@ def history_windows(
 
 
 def chart_items(
-    coin_id: str, payload: object, *, since: datetime | None = None
+    coin_id: str, payload: object, *, since: datetime | None = None, until: datetime | None = None
 ) -> list[dict[str, Any]]:
     """One item per timestamp joining prices, market_caps and total_volumes; points before
-    `since` are left out. `SourceError` when the payload is not a market chart."""
+    `since` or at/after `until` (another window's) are left out. `SourceError` when the payload
+    is not a market chart."""
     what = f"CoinGecko /coins/{coin_id}/market_chart/range"
     refuse_vendor_error(payload, what=what)
     if not isinstance(payload, Mapping) or not isinstance(payload.get("prices"), list):
         shape = describe_json(payload)
         raise SourceError(f"{what}: expected an object with a prices array, got {shape}")
-    floor = None if since is None else since.timestamp() * 1000
+    inside = _window_test(since, until)
     items: dict[object, dict[str, Any]] = {}
     for series, key in _SERIES.items():
         for index, point in enumerate(payload.get(series) or []):
             stamp, value = _point(point)
-            if floor is not None and isinstance(stamp, int | float) and stamp < floor:
+            if isinstance(stamp, int | float) and not inside(stamp):
                 continue
             # a malformed point becomes an item of its own, to be quarantined rather than lost
             join = stamp if isinstance(stamp, int | float) else (series, index)
             items.setdefault(join, {"id": coin_id, "timestamp": stamp})[key] = value
     return list(items.values())
+
+
+def _window_test(since: datetime | None, until: datetime | None) -> Callable[[float], bool]:
+    low = float("-inf") if since is None else since.timestamp() * 1000
+    high = float("inf") if until is None else until.timestamp() * 1000
+    return lambda stamp: low <= stamp < high
 
 
 def _point(point: object) -> tuple[object, object]:
@@ -323,10 +330,9 @@ class CoinGeckoHistorySource:
         for low, high in history_windows(self._resume_from(checkpoint), end, self.window):
             payload = await self._fetch(low, high)
             origin = f"GET /coins/{self.coin_id}/market_chart/range?from={_unix(low)}"
-            items = [
-                SourceItem(payload=p, origin=origin)
-                for p in chart_items(self.coin_id, payload, since=low)
-            ]
+            until = high if high < end else None  # a point at `high` belongs to the next window
+            points = chart_items(self.coin_id, payload, since=low, until=until)
+            items = [SourceItem(payload=point, origin=origin) for point in points]
             meta = {"from": iso(low), "to": iso(high)}
             yield Batch(items=items, checkpoint={"until": iso(high)}, stream=self.stream, meta=meta)
 
