@@ -94,11 +94,18 @@ def ingest(
         str | None, typer.Option(help="coingecko-history: the CoinGecko coin id, e.g. bitcoin")
     ] = None,
     days: Annotated[int | None, typer.Option(help="coingecko-history: days back from now")] = None,
+    symbol: Annotated[
+        str | None, typer.Option(help="coingecko-history: the coin's symbol, for a new asset")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="coingecko-history: the coin's name, for a new asset")
+    ] = None,
 ) -> None:
     """One ingestion run now, with progress. Exit code: 0 succeeded, 1 failed, 3 partial
     (rows quarantined), 4 skipped (another run of the source is in progress)."""
     settings = load_settings()
-    options = {key: value for key, value in {"asset": asset, "days": days}.items() if value}
+    given = {"asset": asset, "days": days, "symbol": symbol, "name": name}
+    options = {key: value for key, value in given.items() if value is not None}
     status = asyncio.run(_ingest(settings, source, file, options))
     raise typer.Exit(EXIT_FOR_STATUS.get(status, 1))
 

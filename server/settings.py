@@ -79,6 +79,8 @@ class Settings(BaseSettings):
         60, gt=0, validation_alias="KASPARRO_COINPAPRIKA_CALLS_PER_MINUTE"
     )
     http_timeout: float = Field(15, gt=0, validation_alias="KASPARRO_HTTP_TIMEOUT")
+    http_max_attempts: int = Field(5, ge=1, validation_alias="KASPARRO_HTTP_MAX_ATTEMPTS")
+    http_backoff: float = Field(0.5, ge=0, validation_alias="KASPARRO_HTTP_BACKOFF")
     csv_batch_size: int = Field(5000, ge=1, validation_alias="KASPARRO_CSV_BATCH_SIZE")
     # Failure injection for demonstrations and crash tests: fail a run after N loaded rows.
     fail_after_rows: int | None = Field(None, ge=0, validation_alias="KASPARRO_FAIL_AFTER_ROWS")

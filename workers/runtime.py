@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from server.broker import Broker, create_broker
 from server.db import create_engine
 from server.settings import Settings
-from workers.http import UpstreamClient
+from workers.http import RetryPolicy, UpstreamClient
 from workers.ratelimit import RateLimiter, make_rate_limiter
 
 # Session-level advisory lock keys: one run per source at a time across all workers.
@@ -76,7 +76,10 @@ async def open_runtime(
         if broker is None:
             broker = create_broker(settings.redis_url)
             stack.push_async_callback(broker.close)
-        client = UpstreamClient(timeout=settings.http_timeout)
+        policy = RetryPolicy(
+            max_attempts=settings.http_max_attempts, base_delay=settings.http_backoff
+        )
+        client = UpstreamClient(timeout=settings.http_timeout, policy=policy)
         stack.push_async_callback(client.aclose)
         redis: Any = None
         if settings.redis_url is not None:

@@ -21,6 +21,7 @@ import contextlib
 import copy
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -183,13 +184,13 @@ def _set(item: dict[str, Any], paths: tuple[str, ...], value: Callable[[Any], An
 class FakeUpstream:
     """Both vendors under one server: `coingecko_url` and `coinpaprika_url` are the API roots."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self._lock = threading.Lock()
         self._faults: dict[str, list[_Pending]] = {}
         self._requests: list[RecordedRequest] = []
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        self.port = 0
+        self.port = port  # 0: any free port, known once started
         self.reset()
 
     @classmethod
@@ -256,7 +257,7 @@ class FakeUpstream:
         """Serve on a free port of 127.0.0.1 in a daemon thread; returns when it accepts."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app(),
@@ -395,8 +396,8 @@ def _json(payload: object, status: int = 200) -> Response:
 
 
 def main() -> None:  # pragma: no cover - manual use
-    """Serve the default payloads and print the base URLs until Ctrl-C."""
-    with FakeUpstream() as fake:
+    """Serve the default payloads (on the port given as argument) until Ctrl-C."""
+    with FakeUpstream(int(sys.argv[1]) if len(sys.argv) > 1 else 0) as fake:
         fake.coins = data.market_coins(300)
         fake.tickers = data.tickers(300)
         print(f"COINGECKO_BASE_URL={fake.coingecko_url}")

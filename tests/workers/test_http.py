@@ -31,7 +31,7 @@ from workers.http import (
 from workers.sources.base import SourceError
 
 FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, default_retry_after=0.05)
-PARAMS = {"vs_currency": "usd", "page": 1}
+PARAMS: dict[str, str | int] = {"vs_currency": "usd", "page": 1}
 
 
 class RecordedSleep:

@@ -57,7 +57,9 @@ async def write_batch(
 ) -> BatchOutcome:
     """Store the batch; return counts and the newly inserted prices (for publishing)."""
     outcome = BatchOutcome(fetched=len(batch.items))
-    raw_id = await _insert_raw(conn, run_id=run_id, source=source, batch=batch)
+    raw_id = (
+        await _insert_raw(conn, run_id=run_id, source=source, batch=batch) if batch.items else None
+    )
     if parsed:
         await _upsert_prices(conn, outcome, run_id, raw_id, source, parsed, resolver)
     if rejected:
@@ -116,7 +118,7 @@ async def _upsert_prices(
     conn: AsyncConnection,
     outcome: BatchOutcome,
     run_id: int,
-    raw_id: int,
+    raw_id: int | None,
     source: str,
     parsed: list[tuple[SourceItem, PriceRecord]],
     resolver: IdentityResolver,

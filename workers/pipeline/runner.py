@@ -20,7 +20,14 @@ from workers.pipeline.load import BatchOutcome, load_checkpoints, write_batch
 from workers.pipeline.runs import PRICES_CHANNEL, RUNS_CHANNEL, finish_run, publish, start_run
 from workers.runtime import Runtime
 from workers.sources import build_source
-from workers.sources.base import Batch, PriceRecord, RecordError, Source, SourceItem
+from workers.sources.base import (
+    Batch,
+    PriceRecord,
+    RecordError,
+    Source,
+    SourceError,
+    SourceItem,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +132,7 @@ async def _run(
         raise
     except Exception as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
-        bound.warning("run failed", error=error)
+        bound.warning("run failed", error=error, exc_info=not isinstance(exc, SourceError))
     row = await _finish(runtime, run_id, status, error, checkpoints, resolver)
     counts = {
         key: int(row[key]) for key in ("fetched", "inserted", "updated", "skipped", "quarantined")
@@ -201,7 +208,7 @@ def _checkpoint_for(src: Source, checkpoints: dict[str, dict[str, Any]]) -> Any:
     """Multi-stream sources (CSV files) get every stream's checkpoint; others their one."""
     if getattr(src, "multi_stream", False):
         return checkpoints
-    return checkpoints.get("")
+    return checkpoints.get(getattr(src, "stream", ""))
 
 
 def _add(totals: BatchOutcome, outcome: BatchOutcome) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ def build_source(
             limiter=runtime.limiters["coingecko"],
             max_pages=settings.coingecko_max_pages,
         )
+    if name == "coingecko-history":
+        return _coingecko_history(runtime, options)
     if name == "coinpaprika":
         from workers.sources.coinpaprika import CoinPaprikaSource
 
@@ -46,6 +49,28 @@ def build_source(
         paths = [path] if path else settings.csv_paths
         return CsvSource(paths, batch_size=settings.csv_batch_size)
     raise UnknownSourceError(f"unknown source {name!r}; known: {', '.join(SOURCE_NAMES)}")
+
+
+def _coingecko_history(runtime: Runtime, options: dict[str, Any]) -> Source:
+    from workers.sources.coingecko import CoinGeckoHistorySource
+
+    coin_id = options.get("asset")
+    if not coin_id:
+        raise ValueError("coingecko-history needs the CoinGecko coin id: --asset bitcoin")
+    days = int(options.get("days") or 30)
+    if days < 1:
+        raise ValueError(f"--days must be at least 1, got {days}")
+    settings = runtime.settings
+    return CoinGeckoHistorySource(
+        str(coin_id),
+        start=datetime.now(UTC) - timedelta(days=days),
+        base_url=settings.coingecko_base_url,
+        api_key=_secret(settings.coingecko_api_key),
+        client=runtime.client,
+        limiter=runtime.limiters["coingecko"],
+        coin_symbol=options.get("symbol"),
+        coin_name=options.get("name"),
+    )
 
 
 def _secret(value: Any) -> str | None:

@@ -266,11 +266,14 @@ def chart_items(
     items: dict[object, dict[str, Any]] = {}
     for series, key in _SERIES.items():
         for index, point in enumerate(payload.get(series) or []):
-            stamp, value = _point(point)
+            if not (isinstance(point, list) and len(point) == 2):
+                # kept as an item of its own, to be quarantined rather than lost
+                items[(series, index)] = {"id": coin_id, "series": series, "point": point}
+                continue
+            stamp, value = point
             if isinstance(stamp, int | float) and not inside(stamp):
                 continue
-            # a malformed point becomes an item of its own, to be quarantined rather than lost
-            join = stamp if isinstance(stamp, int | float) else (series, index)
+            join = stamp if isinstance(stamp, int | float | str) else (series, index)
             items.setdefault(join, {"id": coin_id, "timestamp": stamp})[key] = value
     return list(items.values())
 
@@ -279,12 +282,6 @@ def _window_test(since: datetime | None, until: datetime | None) -> Callable[[fl
     low = float("-inf") if since is None else since.timestamp() * 1000
     high = float("inf") if until is None else until.timestamp() * 1000
     return lambda stamp: low <= stamp < high
-
-
-def _point(point: object) -> tuple[object, object]:
-    if isinstance(point, list) and len(point) == 2:
-        return point[0], point[1]
-    return None, point
 
 
 class CoinGeckoHistorySource:
@@ -383,6 +380,7 @@ def parse_chart_item(
         coin_id = clean_text(point.get("id"))
         if coin_id is None:
             raise RecordError("id: missing")
+        observed_at = require_utc(point.get("timestamp"), field="timestamp")
         price = require_decimal(point.get("price"), field="price")
         if price < 0:
             raise RecordError(f"price: {price} is negative")
@@ -390,7 +388,7 @@ def parse_chart_item(
             source_asset_id=coin_id,
             symbol=symbol.upper() if symbol else None,
             name=name,
-            observed_at=require_utc(point.get("timestamp"), field="timestamp"),
+            observed_at=observed_at,
             price_usd=price,
             market_cap_usd=to_decimal(point.get("market_cap"), field="market_cap"),
             volume_24h_usd=to_decimal(point.get("total_volume"), field="total_volume"),

@@ -110,15 +110,14 @@ class CsvSource:
         return _FileReader(stream_key(path), layout, handle, stream, start.reset)
 
     def _parser_from_item(self, file: str, item: SourceItem) -> RowParser:
-        """A row from a file this instance has not opened (e.g. re-parsing stored raw rows)."""
+        """A row from a file this instance has not opened (e.g. re-parsing stored raw rows): the
+        file's layout when it still has the row's header, else the layout the header implies."""
+        keys = tuple(item.payload)
         try:
-            with Path(file).open("rb") as handle:
-                layout = _layout_of(file, handle)
-        except OSError:
-            try:
-                layout = layout_for_headers(file, tuple(item.payload))
-            except SourceError as exc:
-                raise RecordError(str(exc)) from None
+            layout = _layout_on_disk(file)
+            width = min(len(keys), len(layout.headers)) if layout else 0
+            if layout is None or keys[:width] != layout.headers[:width]:
+                layout = layout_for_headers(file, keys)
         except SourceError as exc:
             raise RecordError(str(exc)) from None
         parser = self._parsers[file] = RowParser(layout)
@@ -136,6 +135,14 @@ def open_file(path: str | os.PathLike[str], *, batch_size: int = DEFAULT_BATCH_S
 def stream_key(path: Path) -> str:
     """The checkpoint stream of a file: its absolute path."""
     return str(path.expanduser().resolve())
+
+
+def _layout_on_disk(file: str) -> CsvLayout | None:
+    try:
+        with Path(file).open("rb") as handle:
+            return _layout_of(file, handle)
+    except OSError:
+        return None
 
 
 def _layout_of(label: str, handle: BinaryIO) -> CsvLayout:

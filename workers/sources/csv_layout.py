@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import PurePath
 from typing import Any
 
@@ -21,6 +21,10 @@ DELIMITERS = (",", ";", "\t", "|")
 MAX_PREAMBLE_LINES = 10  # banner lines allowed before the header
 _SAMPLE_LINES = 50
 _EXPECTED_NAMES = "coin_Bitcoin.csv, BTC-USD.csv, Binance_BTCUSDT_d.csv or bitcoin_price.csv"
+# Words before "_price" that do not name a coin ("historical_price.csv").
+_GENERIC_WORDS = frozenset(
+    {"my", "all", "daily", "hourly", "historical", "history", "crypto", "coin", "market", "data"}
+)
 _US_NUMBER = re.compile(r"-?\d{1,3}(,\d{3})+\.\d+")
 _COMMA_DECIMAL = re.compile(r"-?\d+(\.\d{3})*,\d+")
 
@@ -64,14 +68,10 @@ class CsvLayout:
             ],
             "volume_column": self.columns.get("volume_24h_usd"),
             "volume_candidates": list(self.mapping.volume_candidates),
-            "asset_from_file_name": None if self.asset is None else vars_of(self.asset),
+            "asset_from_file_name": None if self.asset is None else asdict(self.asset),
             "quote": self.quote,
             "decimal_comma": self.decimal_comma,
         }
-
-
-def vars_of(asset: FileAsset) -> dict[str, str | None]:
-    return {"symbol": asset.symbol, "name": asset.name, "quote": asset.quote}
 
 
 def read_layout(file: str, head: bytes, *, complete: bool) -> CsvLayout:
@@ -83,19 +83,13 @@ def read_layout(file: str, head: bytes, *, complete: bool) -> CsvLayout:
     if lines:
         lines[0] = lines[0].lstrip("\ufeff")
     delimiter = sniff_delimiter(lines)
-    index, headers, mapping = _find_header(file, lines, delimiter)
-    sample = list(csv.reader(lines[index + 1 :], delimiter=delimiter))
-    layout = layout_for_headers(file, headers, mapping=mapping)
-    return CsvLayout(
-        file=layout.file,
-        headers=layout.headers,
-        mapping=layout.mapping,
-        extra_headers=layout.extra_headers,
-        asset=layout.asset,
-        quote=layout.quote,
+    header_line, headers, mapping = _find_header(file, lines, delimiter)
+    sample = list(csv.reader(lines[header_line:], delimiter=delimiter))
+    return replace(
+        layout_for_headers(file, headers, mapping=mapping),
         delimiter=delimiter,
-        header_line=index + 1,
-        header_end=sum(len(raw) for raw in raw_lines[: index + 1]),
+        header_line=header_line,
+        header_end=sum(len(raw) for raw in raw_lines[:header_line]),
         decimal_comma=_uses_decimal_comma(delimiter, headers, mapping, sample),
     )
 
@@ -115,7 +109,9 @@ def layout_for_headers(
         )
     quote = mapping.quote or (named.quote if named else None)
     if quote is not None and quote not in USD_QUOTES:
-        raise SourceError(f"{file}: prices are quoted in {quote}, not USD; refusing the file")
+        raise SourceError(
+            f"{file}: prices are quoted in {quote}, not USD; headers seen: {list(headers)}"
+        )
     used = set(mapping.columns.values())
     return CsvLayout(
         file=file,
@@ -153,16 +149,20 @@ def sniff_delimiter(lines: list[str]) -> str:
 def _find_header(
     file: str, lines: list[str], delimiter: str
 ) -> tuple[int, tuple[str, ...], HeaderMapping]:
-    """The first line whose cells map to a time and a price column (earlier lines are banners)."""
+    """The header's line number, cells and mapping: the first line whose cells map to a time and
+    a price column (earlier lines are banners)."""
     candidates: list[tuple[int, tuple[str, ...], HeaderMapping]] = []
-    for index, cells in enumerate(csv.reader(lines[: MAX_PREAMBLE_LINES + 1], delimiter=delimiter)):
+    reader = csv.reader(lines, delimiter=delimiter)
+    for cells in reader:
+        if reader.line_num > MAX_PREAMBLE_LINES + 1:
+            break
         if not any(cell.strip() for cell in cells):
             continue
         headers = unique_headers(cells)
         mapping = map_headers(headers)
         if mapping.has("observed_at", "price_usd"):
-            return index, headers, mapping
-        candidates.append((index, headers, mapping))
+            return reader.line_num, headers, mapping
+        candidates.append((reader.line_num, headers, mapping))
     if not candidates:
         raise SourceError(f"{file}: empty file, no header line found")
     # Report the line that came closest to being a header.
@@ -205,7 +205,7 @@ _FILE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("name", re.compile(r"(?:^|_)coin_([A-Za-z0-9][A-Za-z0-9 .-]*)$")),
     ("dashed", re.compile(r"(?:^|[_ .])([A-Z0-9]{2,10})-([A-Z]{3,5})(?=$|[_ .])")),
     ("pair", re.compile(r"(?:^|_)([A-Z0-9]{4,16})_(?:d|1d|\d*h|\d*m|minute|hour|day|daily)$")),
-    ("name", re.compile(r"(?:^|_)([a-z][a-z0-9-]*)_prices?(?:$|_)")),
+    ("price", re.compile(r"(?:^|_)((?:[a-z]+_)*[a-z]+)_price$")),
     ("dashed", re.compile(r"^([A-Za-z0-9]{2,10})[-_]((?i:usdt|usdc|busd|usd|eur|gbp|btc|eth))$")),
     ("symbol", re.compile(r"^([A-Z][A-Z0-9]{1,9})$")),
 )
@@ -218,6 +218,14 @@ def _asset_in(part: str) -> FileAsset | None:
             continue
         if kind == "name":
             return FileAsset(name=found.group(1))
+        if kind == "price":
+            words = found.group(1).split("_")
+            while words and words[0] in _GENERIC_WORDS:
+                words.pop(0)
+            name = " ".join(words)
+            if len(name) < 3:
+                continue
+            return FileAsset(name=name)
         if kind == "dashed":
             if found.group(2).upper() not in PAIR_QUOTES:
                 continue

@@ -97,34 +97,60 @@ def head_sha256(handle: BinaryIO, offset: int) -> str:
     return hashlib.sha256(os.pread(handle.fileno(), min(HEAD_BYTES, offset), 0)).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class _Covered:
+    """What a stored checkpoint says was read."""
+
+    line: int
+    offset: int
+    head_sha256: str
+    prefix_sha256: str
+    tail_offset: int | None
+
+
 def start_of(handle: BinaryIO, header: Position, checkpoint: Mapping[str, Any] | None) -> Start:
     """Resume after `checkpoint` when the covered prefix is unchanged, else after the header."""
     if checkpoint is None:
         return _fresh(handle, header)
-    try:
-        offset, line = int(checkpoint["offset"]), int(checkpoint["line"])
-        head_hash, prefix_hash = (
-            str(checkpoint["head_sha256"]),
-            str(checkpoint["file_sha256_prefix"]),
-        )
-        tail = checkpoint.get("tail_offset")
-        tail_offset = None if tail is None else int(tail)
-    except (KeyError, TypeError, ValueError):
-        return _fresh(handle, header, reset="checkpoint unreadable")
+    covered = _covered(checkpoint, header)
     size = os.fstat(handle.fileno()).st_size
-    if not header.offset <= offset <= size or line < header.line:
+    if covered is None or covered.offset > size:
         return _fresh(handle, header, reset="file changed")
-    if tail_offset is not None and not header.offset <= tail_offset < offset:
-        tail_offset = None
-    if head_sha256(handle, offset) != head_hash:
+    if head_sha256(handle, covered.offset) != covered.head_sha256:
         return _fresh(handle, header, reset="file changed")
+    line, offset, tail_offset = covered.line, covered.offset, covered.tail_offset
     hasher, at_tail = _hash_prefix(handle, offset, tail_offset)
-    if hasher.hexdigest() != prefix_hash:
+    if hasher.hexdigest() != covered.prefix_sha256:
         return _fresh(handle, header, reset="file changed")
-    if tail_offset is not None and at_tail is not None and _line_was_extended(handle, offset):
+    following = _byte_at(handle, offset) if tail_offset is not None else b""
+    if following and following not in _TERMINATORS and at_tail is not None:
         # The unterminated last line grew: read it again, whole.
-        return Start(Position(line - 1, tail_offset), at_tail)
+        return Start(Position(line - 1, tail_offset or 0), at_tail)
+    if following:
+        # The last line got its terminator, which is read next as the end of line `line`.
+        return Start(Position(line - 1, offset), hasher)
     return Start(Position(line, offset, tail_offset), hasher)
+
+
+def _covered(checkpoint: Mapping[str, Any], header: Position) -> _Covered | None:
+    """The checkpoint's fields, or None when they are missing or cannot belong to this file."""
+    try:
+        tail = checkpoint.get("tail_offset")
+        covered = _Covered(
+            line=int(checkpoint["line"]),
+            offset=int(checkpoint["offset"]),
+            head_sha256=str(checkpoint["head_sha256"]),
+            prefix_sha256=str(checkpoint["file_sha256_prefix"]),
+            tail_offset=None if tail is None else int(tail),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    if covered.offset < header.offset or covered.line < header.line:
+        return None
+    tail_offset = covered.tail_offset
+    if tail_offset is not None and not header.offset <= tail_offset < covered.offset:
+        return None
+    return covered
 
 
 def _fresh(handle: BinaryIO, header: Position, reset: str | None = None) -> Start:
@@ -151,7 +177,6 @@ def _hash_prefix(handle: BinaryIO, end: int, mark: int | None) -> tuple[Any, Any
     return hasher, at_mark
 
 
-def _line_was_extended(handle: BinaryIO, offset: int) -> bool:
+def _byte_at(handle: BinaryIO, offset: int) -> bytes:
     handle.seek(offset)
-    following = handle.read(1)
-    return bool(following) and following not in _TERMINATORS
+    return handle.read(1)

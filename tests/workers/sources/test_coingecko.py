@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support.fake_upstream import FakeUpstream, Fault, Route
-from tests.support.upstream_data import market_coin, market_coins
+from tests.support.upstream_data import CG_TIME_RANGE_BODY, market_coin, market_coins
 from workers.http import FatalUpstreamError, MalformedResponseError, RetryPolicy, UpstreamClient
 from workers.sources.base import Batch, PriceRecord, RecordError, SourceError, SourceItem
-from workers.sources.coingecko import CoinGeckoSource, api_key_headers, parse_market_item
+from workers.sources.coingecko import (
+    CoinGeckoHistorySource,
+    CoinGeckoSource,
+    TimeRangeExceededError,
+    api_key_headers,
+    chart_items,
+    history_windows,
+    parse_chart_item,
+    parse_market_item,
+)
+from workers.sources.payloads import iso
 
 NOW = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
 
@@ -409,3 +426,234 @@ def test_parse_takes_a_source_item(fake: FakeUpstream, client: UpstreamClient) -
     item = SourceItem(payload=market_coin("x", "x", "X", 2.5), origin="test")
 
     assert source(fake, client).parse(item).price_usd == Decimal("2.5")
+
+
+# ---- history: /coins/{id}/market_chart/range ----
+
+HOUR_MS = 3_600_000
+
+
+def history(
+    fake: FakeUpstream, client: UpstreamClient, start: datetime, **options: Any
+) -> CoinGeckoHistorySource:
+    return CoinGeckoHistorySource(
+        "bitcoin",
+        start=start,
+        base_url=fake.coingecko_url,
+        api_key=options.pop("api_key", None),
+        client=client,
+        **options,
+    )
+
+
+async def collect_history(
+    source: CoinGeckoHistorySource, checkpoint: Mapping[str, Any] | None = None
+) -> list[Batch]:
+    return [batch async for batch in source.batches(checkpoint)]
+
+
+def stamps(batches: list[Batch]) -> list[int]:
+    return [int(item.payload["timestamp"]) for batch in batches for item in batch.items]
+
+
+def spans(fake: FakeUpstream) -> list[int]:
+    return [int(r.query["to"]) - int(r.query["from"]) for r in fake.requests_for(Route.CHART)]
+
+
+def now_s() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def test_history_windows_cover_the_range_in_steps_of_at_most_the_window() -> None:
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    windows = history_windows(start, start + timedelta(days=200))
+
+    assert [(high - low).days for low, high in windows] == [90, 90, 20]
+    assert windows[0][0] == start
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))
+
+
+async def test_a_long_range_is_fetched_in_windows_of_hourly_points_without_overlap(
+    fake: FakeUpstream, client: UpstreamClient
+) -> None:
+    end = now_s()
+    start = end - timedelta(days=10)
+
+    batches = await collect_history(history(fake, client, start, end=end, window=timedelta(days=4)))
+
+    assert len(batches) == 3
+    assert all(2 * 86_400 <= span <= 90 * 86_400 for span in spans(fake))
+    assert [b.checkpoint for b in batches] == [
+        {"until": iso(start + timedelta(days=4))},
+        {"until": iso(start + timedelta(days=8))},
+        {"until": iso(end)},
+    ]
+    points = stamps(batches)
+    assert points == sorted(set(points))
+    assert {b - a for a, b in itertools.pairwise(points)} == {HOUR_MS}
+    assert start.timestamp() * 1000 <= points[0] < start.timestamp() * 1000 + HOUR_MS
+    assert {b.stream for b in batches} == {"history:bitcoin"}
+
+
+async def test_a_short_last_window_is_widened_to_stay_hourly(
+    fake: FakeUpstream, client: UpstreamClient
+) -> None:
+    end = now_s()
+    start = end - timedelta(hours=30)
+
+    batches = await collect_history(history(fake, client, start, end=end))
+
+    assert spans(fake) == [2 * 86_400]  # asked for 2 days, the window is 30 hours
+    points = stamps(batches)
+    assert len(points) == 30
+    assert points[0] >= start.timestamp() * 1000
+    assert {b - a for a, b in itertools.pairwise(points)} == {HOUR_MS}
+
+
+async def test_history_resumes_at_the_end_of_the_last_completed_window(
+    fake: FakeUpstream, client: UpstreamClient
+) -> None:
+    end = now_s()
+    start = end - timedelta(days=10)
+    source = history(fake, client, start, end=end, window=timedelta(days=4))
+
+    batches = await collect_history(source, {"until": iso(start + timedelta(days=8))})
+    finished = await collect_history(source, {"until": iso(end)})
+
+    (request,) = fake.requests_for(Route.CHART)
+    assert int(request.query["to"]) == int(end.timestamp())
+    assert len(batches) == 1
+    assert finished == []
+
+
+async def test_history_items_become_prices_with_the_times_of_the_points(
+    fake: FakeUpstream, client: UpstreamClient
+) -> None:
+    end = now_s()
+    source = history(fake, client, end - timedelta(days=3), end=end, coin_symbol="btc")
+
+    batches = await collect_history(source)
+    record = source.parse(batches[0].items[0])
+
+    first = batches[0].items[0].payload
+    assert record.source_asset_id == "bitcoin"
+    assert record.symbol == "BTC"
+    assert record.observed_at.timestamp() * 1000 == first["timestamp"]
+    assert record.price_usd == Decimal(repr(first["price"]))
+    assert record.market_cap_usd == Decimal(repr(first["market_cap"]))
+    assert record.volume_24h_usd == Decimal(repr(first["total_volume"]))
+    assert source.name == "coingecko"
+
+
+async def test_a_range_beyond_the_plans_history_is_a_clear_fatal_error(
+    fake: FakeUpstream, client: UpstreamClient
+) -> None:
+    start = now_s() - timedelta(days=400)
+
+    with pytest.raises(TimeRangeExceededError, match=r"error 10012.*365 days") as caught:
+        await collect_history(history(fake, client, start, api_key="k"))
+
+    assert isinstance(caught.value, SourceError)
+    assert isinstance(caught.value.__cause__, FatalUpstreamError)
+    (request,) = fake.requests_for(Route.CHART)
+    assert request.headers["x-cg-demo-api-key"] == "k"
+    assert "k" not in request.query.values()
+
+
+async def test_a_time_range_error_body_with_status_200_is_recognised(
+    fake: FakeUpstream, client: UpstreamClient
+) -> None:
+    fake.inject(Route.CHART, Fault.payload(CG_TIME_RANGE_BODY))
+
+    with pytest.raises(TimeRangeExceededError, match="allowed time range"):
+        await collect_history(history(fake, client, now_s() - timedelta(days=3)))
+
+
+async def test_an_unknown_coin_fails_with_the_vendors_message(
+    fake: FakeUpstream, client: UpstreamClient
+) -> None:
+    source = CoinGeckoHistorySource(
+        "no-such-coin",
+        start=now_s() - timedelta(days=3),
+        base_url=fake.coingecko_url,
+        api_key=None,
+        client=client,
+    )
+
+    with pytest.raises(FatalUpstreamError, match="HTTP 404: coin not found"):
+        await collect_history(source)
+
+
+async def test_a_non_chart_payload_is_a_clear_source_error(
+    fake: FakeUpstream, client: UpstreamClient
+) -> None:
+    fake.inject(Route.CHART, Fault.payload([{"id": "bitcoin"}]))
+
+    with pytest.raises(SourceError, match="expected an object with a prices array"):
+        await collect_history(history(fake, client, now_s() - timedelta(days=3)))
+
+
+def test_chart_points_are_joined_by_time_and_malformed_ones_kept_for_quarantine() -> None:
+    payload = {
+        "prices": [[1000, 1.5], [2000, "2.5"], ["bad"]],
+        "market_caps": [[1000, 10]],
+        "total_volumes": [[3000, 7]],
+    }
+
+    items = chart_items("x", payload)
+
+    assert items[:2] == [
+        {"id": "x", "timestamp": 1000, "price": 1.5, "market_cap": 10},
+        {"id": "x", "timestamp": 2000, "price": "2.5"},
+    ]
+    results = []
+    for item in items:
+        try:
+            results.append(str(parse_chart_item(item).price_usd))
+        except RecordError as exc:
+            results.append(str(exc))
+    assert results == ["1.5", "2.5", "timestamp: missing", "price: missing"]
+
+
+def test_a_window_above_90_days_is_refused(fake: FakeUpstream, client: UpstreamClient) -> None:
+    with pytest.raises(ValueError, match="90 days"):
+        history(fake, client, now_s(), window=timedelta(days=91))
+
+
+# ---- the fake from other callers ----
+
+_SUBPROCESS_RUN = """
+import asyncio, json, os, sys
+from workers.http import UpstreamClient
+from workers.sources.coingecko import CoinGeckoSource
+
+async def main():
+    async with UpstreamClient() as client:
+        source = CoinGeckoSource(
+            base_url=os.environ["COINGECKO_BASE_URL"], api_key="sub-key", client=client
+        )
+        ids = [item.payload["id"] async for batch in source.batches(None) for item in batch.items]
+    print(json.dumps(ids))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_subprocess_and_a_sync_caller_reach_the_fake(fake: FakeUpstream) -> None:
+    env = {**os.environ, "COINGECKO_BASE_URL": fake.coingecko_url}
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SUBPROCESS_RUN],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    answer = httpx.get(f"{fake.coingecko_url}/coins/markets", params={"vs_currency": "usd"})
+
+    assert json.loads(done.stdout) == ["bitcoin", "ethereum", "coin-0003"]
+    assert fake.requests[0].headers["x-cg-demo-api-key"] == "sub-key"
+    assert answer.json() == fake.coins

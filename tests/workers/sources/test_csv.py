@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.real_fixtures import real_files
+from workers.sources import csv_layout
 from workers.sources.base import Batch, PriceRecord, RecordError, Source, SourceError, SourceItem
 from workers.sources.csv import DEFAULT_BATCH_SIZE, CsvSource, open_file, stream_key
 from workers.sources.csv_layout import asset_from_file_name, split_pair
@@ -119,7 +120,8 @@ async def test_yahoo_null_rows_are_rejected_with_a_reason_and_the_file_goes_on(
     assert result.prices == [Decimal("10923.63"), Decimal("11296.36")]
     [(item, reason)] = result.rejected
     assert item.payload == dict.fromkeys(item.payload, "null") | {"Date": "2020-10-09"}
-    assert "Close" in reason and "null" in reason
+    assert "Close" in reason
+    assert "null" in reason
     record = result.records[0][1]
     assert (record.symbol, record.name, record.source_asset_id) == ("BTC", None, "BTC")
     assert record.extra == {"Adj Close": "10923.63"}  # close preferred over adj close
@@ -242,6 +244,8 @@ async def test_times_with_an_offset_become_utc(tmp_path: Path) -> None:
         ("Binance_BTCUSDT_d.csv", "BTC", None, "USDT"),
         ("Bitstamp_ETHUSD_1h.csv", "ETH", None, "USD"),
         ("bitcoin_price.csv", None, "bitcoin", None),
+        ("bitcoin_cash_price.csv", None, "bitcoin cash", None),
+        ("csv_cmc_kaggle2017_bitcoin_price__owner_repo.csv", None, "bitcoin", None),
         ("ETH.csv", "ETH", None, None),
         ("eth_usdt.csv", "ETH", None, "USDT"),
         ("csv_yahoo_BTC-USD_with_nulls__owner_repo.csv", "BTC", None, "USD"),
@@ -255,7 +259,10 @@ def test_the_file_name_names_the_asset(
     assert (asset.symbol, asset.name, asset.quote) == (symbol, name, quote)
 
 
-@pytest.mark.parametrize("file_name", ["prices.csv", "export-2021.csv", "data.csv"])
+@pytest.mark.parametrize(
+    "file_name",
+    ["prices.csv", "a_prices.csv", "historical_price.csv", "export-2021.csv", "data.csv"],
+)
 def test_a_file_name_without_a_coin_names_none(file_name: str) -> None:
     assert asset_from_file_name(file_name) is None
 
@@ -281,7 +288,8 @@ async def test_a_row_quoted_in_another_currency_is_rejected(tmp_path: Path) -> N
     text = "Date,Symbol,Close\n2021-01-01,ETH/BTC,0.025\n2021-01-01,ETH/USDT,730\n"
     result = await read_one(write(tmp_path, "pairs.csv", text))
     [(_, reason)] = result.rejected
-    assert "BTC" in reason and "not USD" in reason
+    assert "BTC" in reason
+    assert "not USD" in reason
     [(_, record)] = result.records
     assert (record.symbol, record.extra["quote"]) == ("ETH", "USDT")
 
@@ -311,7 +319,7 @@ async def test_an_unmappable_file_is_refused_with_what_is_missing(
     assert str(path) in message
     assert expected in message
     if text:
-        assert f"headers seen: {text.splitlines()[0].split(',')}" in message or "EUR" in message
+        assert message.endswith(f"headers seen: {text.splitlines()[0].split(',')}")
 
 
 async def test_a_refused_file_does_not_stop_the_others(tmp_path: Path) -> None:
@@ -319,14 +327,18 @@ async def test_a_refused_file_does_not_stop_the_others(tmp_path: Path) -> None:
     write(tmp_path, "b_BTC-USD.csv", "Date,Close\n2021-01-01,2\n")
     source = CsvSource([str(tmp_path / "*.csv")])
     seen: list[Batch] = []
-    with pytest.raises(SourceError, match="a_prices.csv: no asset"):
+
+    async def consume() -> None:
         async for batch in source.batches(None):
             seen.append(batch)
+
+    with pytest.raises(SourceError, match=r"a_prices\.csv: no asset"):
+        await consume()
     assert [batch.stream for batch in seen] == [stream_key(tmp_path / "b_BTC-USD.csv")]
 
 
 async def test_a_missing_literal_path_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="missing.csv: cannot open"):
+    with pytest.raises(SourceError, match=r"missing\.csv: cannot open"):
         await read_one(tmp_path / "missing.csv")
     with pytest.raises(SourceError, match="no such file"):
         open_file(tmp_path / "missing.csv")
@@ -389,7 +401,8 @@ async def test_batches_hold_at_most_batch_size_rows(tmp_path: Path) -> None:
     assert [len(batch.items) for batch in result.batches] == [5, 5, 5, 5, 3]
     assert [batch.checkpoint["line"] for batch in result.batches] == [6, 11, 16, 21, 24]
     assert result.batches[-1].checkpoint["offset"] == path.stat().st_size
-    assert "layout" in result.batches[0].meta and "layout" not in result.batches[1].meta
+    assert "layout" in result.batches[0].meta
+    assert "layout" not in result.batches[1].meta
 
 
 def test_batch_size_must_be_positive() -> None:
@@ -490,7 +503,7 @@ async def test_a_changed_file_is_read_again_from_the_start(tmp_path: Path, chang
     assert again.batches[0].meta["reset"] == "file changed"
     rows = list(csv.reader(change(text).splitlines()))
     data = [row for row in rows if row and row[0].startswith("2021")]
-    assert len(again.records) == len(data)
+    assert len(again.items) == len(data)
 
 
 async def test_a_changed_file_with_no_rows_left_still_reports_the_reset(tmp_path: Path) -> None:
@@ -499,7 +512,8 @@ async def test_a_changed_file_with_no_rows_left_still_reports_the_reset(tmp_path
     path.write_text("Date,Close\n")
     again = await run(CsvSource([str(path)]), _checkpoints(done))
     [batch] = again.batches
-    assert batch.items == [] and batch.meta["reset"] == "file changed"
+    assert batch.items == []
+    assert batch.meta["reset"] == "file changed"
     assert batch.checkpoint["line"] == 1
 
 
@@ -510,7 +524,8 @@ async def test_the_checkpoint_describes_the_file(tmp_path: Path) -> None:
     stat = path.stat()
     assert checkpoint["path"] == done.batches[-1].stream == str(path.resolve())
     assert (checkpoint["size"], checkpoint["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
-    assert checkpoint["line"] == 4 and checkpoint["offset"] == stat.st_size
+    assert checkpoint["line"] == 4
+    assert checkpoint["offset"] == stat.st_size
     assert len(checkpoint["head_sha256"]) == len(checkpoint["file_sha256_prefix"]) == 64
 
 
@@ -533,7 +548,7 @@ async def test_a_large_file_streams_in_batches(tmp_path: Path) -> None:
     count = 0
     async for batch in source.batches(None):
         sizes.append(len(batch.items))
-        count += sum(1 for item in batch.items if source.parse(item))
+        count += len([source.parse(item) for item in batch.items])
     assert sizes == [7_000] * 4 + [2_000]
     assert count == 30_000
 
@@ -597,3 +612,53 @@ def _assert_matches_the_text(
         expected = datetime.strptime(raw_time, "%b %d, %Y").replace(tzinfo=UTC)
     assert record.observed_at == expected
 
+
+async def test_the_header_is_mapped_once_per_file_not_per_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, ...]] = []
+    original = csv_layout.map_headers
+
+    def counting(headers: tuple[str, ...]) -> Any:
+        calls.append(headers)
+        return original(headers)
+
+    monkeypatch.setattr(csv_layout, "map_headers", counting)
+    result = await read_one(write(tmp_path, "BTC-USD.csv", _days(50)), batch_size=7)
+    assert len(result.records) == 50
+    assert calls == [("Date", "Close")]
+
+
+async def test_a_quoted_cell_may_span_lines(tmp_path: Path) -> None:
+    text = 'Date,Close,Note\n2021-01-01,1,"two\nlines"\n2021-01-02,2,x\n'
+    path = write(tmp_path, "BTC-USD.csv", text)
+    result = await read_one(path)
+    assert [item.origin for item in result.items] == [f"{path}:3", f"{path}:4"]
+    assert result.records[0][1].extra == {"Note": "two\nlines"}
+
+
+async def test_semicolon_files_with_us_numbers_keep_their_decimal_point(tmp_path: Path) -> None:
+    text = 'Date;Close\n2021-01-01;"4,597.12"\n2021-01-02;4597.5\n'
+    result = await read_one(write(tmp_path, "BTC-USD.csv", text))
+    assert result.prices == [Decimal("4597.12"), Decimal("4597.5")]
+
+
+async def test_a_header_after_too_many_banner_lines_is_not_found(tmp_path: Path) -> None:
+    text = "banner\n" * 11 + "Date,Close\n2021-01-01,1\n"
+    with pytest.raises(SourceError, match="no time column"):
+        await read_one(write(tmp_path, "BTC-USD.csv", text))
+    ten = "banner\n" * 10 + "Date,Close\n2021-01-01,1\n"
+    assert (await read_one(write(tmp_path, "ETH-USD.csv", ten))).prices == [Decimal(1)]
+
+
+async def test_a_change_beyond_the_head_is_detected_by_the_prefix_hash(tmp_path: Path) -> None:
+    rows = [f"{1_600_000_000 + n * 60},{100 + n}.25\n" for n in range(5_000)]
+    path = write(tmp_path, "BTC-USD.csv", "timestamp,price\n" + "".join(rows))
+    assert len("timestamp,price\n" + "".join(rows[:4_000])) > 64 * 1024
+    done = await read_one(path)
+    rows[4_000] = rows[4_000].replace(".25", ".75")  # same length, far past the first 64 KiB
+    path.write_text("timestamp,price\n" + "".join(rows))
+    again = await run(CsvSource([str(path)]), _checkpoints(done))
+    assert again.batches[0].meta["reset"] == "file changed"
+    assert len(again.records) == 5_000
+    assert again.records[4_000][1].price_usd == Decimal("4100.75")
