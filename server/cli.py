@@ -120,6 +120,66 @@ def runs(
     asyncio.run(_show_runs(settings, source, limit))
 
 
+assets_cli = typer.Typer(help="Curate identity: pin a source's coin to an asset, or split it off.")
+cli.add_typer(assets_cli, name="assets")
+
+
+@assets_cli.command("pin")
+def assets_pin(
+    source: Annotated[str, typer.Argument(help="coingecko, coinpaprika or csv")],
+    source_asset_id: Annotated[str, typer.Argument(help="The source's id, e.g. btc-bitcoin")],
+    asset: Annotated[str, typer.Argument(help="Target asset: id, slug or unique symbol")],
+) -> None:
+    """Map a source's coin to an asset for good (later runs respect it); moves its prices."""
+    from workers.pipeline.overrides import find_asset, pin
+
+    async def apply(conn: Any) -> Any:
+        return await pin(
+            conn,
+            source=source,
+            source_asset_id=source_asset_id,
+            asset_id=await find_asset(conn, asset),
+        )
+
+    _print_override(asyncio.run(_override(load_settings(), apply)))
+
+
+@assets_cli.command("split")
+def assets_split(
+    source: Annotated[str, typer.Argument(help="coingecko, coinpaprika or csv")],
+    source_asset_id: Annotated[str, typer.Argument(help="The source's id, e.g. uni-universe")],
+) -> None:
+    """Give a source's coin an asset of its own (pinned), with its prices."""
+    from workers.pipeline.overrides import split
+
+    async def apply(conn: Any) -> Any:
+        return await split(conn, source=source, source_asset_id=source_asset_id)
+
+    _print_override(asyncio.run(_override(load_settings(), apply)))
+
+
+async def _override(settings: Settings, apply: Any) -> Any:
+    from server.db import create_engine
+    from workers.pipeline.overrides import OverrideError
+
+    engine = create_engine(settings)
+    try:
+        async with engine.begin() as conn:
+            return await apply(conn)
+    except OverrideError as exc:
+        typer.secho(f"kasparro: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    finally:
+        await engine.dispose()
+
+
+def _print_override(result: Any) -> None:
+    moved = f", {result.prices_moved} prices moved" if result.prices_moved else ""
+    typer.echo(
+        f"{result.source}/{result.source_asset_id} -> asset {result.asset_id} (pinned{moved})"
+    )
+
+
 @cli.command("schema")
 def print_schema() -> None:
     """Print the GraphQL schema (SDL)."""

@@ -162,3 +162,11 @@ def test_schema_prints_the_committed_sdl(tmp_path: Path) -> None:
     assert result.stdout == (ROOT / "schema.graphql").read_text(), (
         "schema.graphql is stale: regenerate it with `kasparro schema > schema.graphql`"
     )
+
+
+def test_assets_pin_explains_an_unknown_asset(tmp_path: Path) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"
+    assert run(["migrate"], tmp_path, DATABASE_URL=database).returncode == 0
+    result = run(["assets", "pin", "csv", "BTC", "bitcoin"], tmp_path, DATABASE_URL=database)
+    assert result.returncode == 2
+    assert "no asset with id, slug or symbol 'bitcoin'" in result.stderr

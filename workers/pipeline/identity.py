@@ -93,7 +93,7 @@ class IdentityResolver:
         resolved = await self._match(conn, ref)
         if resolved is None:
             ambiguous = await self._has_symbol_or_name_match(conn, ref)
-            resolved = await self._new_asset(conn, ref, "ambiguous" if ambiguous else "created")
+            resolved = await self.new_asset(conn, ref, "ambiguous" if ambiguous else "created")
         stmt = (
             _insert(conn)(asset_aliases)
             .values(
@@ -175,7 +175,8 @@ class IdentityResolver:
         found = await conn.scalar(select(assets.c.id).where(or_(*conditions)).limit(1))
         return found is not None
 
-    async def _new_asset(self, conn: AsyncConnection, ref: CoinRef, kind: str) -> Resolved:
+    async def new_asset(self, conn: AsyncConnection, ref: CoinRef, kind: str) -> Resolved:
+        """A new asset for `ref` (a unique slug is found for it)."""
         symbol = (ref.symbol or ref.source_asset_id).upper()[:64]
         name = (ref.name or ref.symbol or ref.source_asset_id)[:200]
         base = slugify(ref.name or ref.source_asset_id)
