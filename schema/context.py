@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 
+from schema.loaders import Loaders
 from server.broker import Broker
 from server.settings import Settings
 
@@ -23,3 +24,4 @@ class Context:
     sessionmaker: async_sessionmaker[Any]
     broker: Broker
     request_id: str
+    loaders: Loaders

@@ -1,4 +1,4 @@
-"""Schema extensions shared by every operation."""
+"""Schema extensions shared by every operation (passed to the schema as classes)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,28 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import structlog
+from graphql import GraphQLError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from strawberry.extensions import SchemaExtension
 
+from schema.errors import ServiceUnavailable, UserError
+from server.broker import BrokerUnavailable
 from server.requestid import current_request_id
+
+log = structlog.get_logger(__name__)
+
+# Messages graphql-core and strawberry's limiters use, mapped to codes clients can switch on.
+_VALIDATION_CODES = (
+    ("Syntax Error", "GRAPHQL_PARSE_FAILED"),
+    ("exceeds maximum operation depth", "QUERY_TOO_DEEP"),
+    ("aliases found", "TOO_MANY_ALIASES"),
+    ("max tokens", "TOO_MANY_TOKENS"),
+    ("got invalid value", "BAD_USER_INPUT"),
+    ("Expected value of type", "BAD_USER_INPUT"),
+    ("Expected type", "BAD_USER_INPUT"),
+)
 
 
 class ResponseMeta(SchemaExtension):
@@ -23,3 +42,71 @@ class ResponseMeta(SchemaExtension):
     def get_results(self) -> dict[str, Any]:
         latency = (time.perf_counter() - self._started) * 1000 if self._started else 0.0
         return {"requestId": current_request_id(), "latencyMs": round(latency, 3)}
+
+
+class ErrorPolicy(SchemaExtension):
+    """Every error gets `extensions.code`; unexpected ones are masked and logged.
+
+    A client sees its own mistakes in full (bad cursor, page size, dates, limits), a clear
+    SERVICE_UNAVAILABLE while the database or broker is down, and for anything else only
+    "Internal server error" with the request id that finds the stack trace in the logs.
+    """
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)
+        if result is not None and errors:
+            result.errors = [self._classify(error) for error in errors]
+
+    def _classify(self, error: GraphQLError) -> GraphQLError:
+        original = error.original_error
+        if original is None or (error.path is None and isinstance(original, ValueError)):
+            # Parsing, validation and variable coercion: the client's request, not our code.
+            return _with_code(error, _validation_code(error.message))
+        if isinstance(original, UserError):
+            return _with_code(error, original.code, **original.extensions)
+        if _is_unavailable(original):
+            log.warning("dependency unavailable", error=str(original).splitlines()[0][:200])
+            unavailable = ServiceUnavailable(
+                "the database or broker is unavailable; retry in a few seconds"
+            )
+            return _replace(error, str(unavailable), unavailable.code)
+        log.error("unexpected error in resolver", exc_info=original, path=error.path)
+        return _replace(
+            error,
+            f"Internal server error (request {current_request_id()})",
+            "INTERNAL_SERVER_ERROR",
+        )
+
+
+def _validation_code(message: str) -> str:
+    for needle, code in _VALIDATION_CODES:
+        if needle in message:
+            return code
+    return "GRAPHQL_VALIDATION_FAILED"
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    if isinstance(error, OperationalError | PoolTimeout | BrokerUnavailable | ConnectionError):
+        return True
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, OSError)
+
+
+def _with_code(error: GraphQLError, code: str, **extra: Any) -> GraphQLError:
+    error.extensions = {**(error.extensions or {}), **extra, "code": code}
+    return error
+
+
+def _replace(error: GraphQLError, message: str, code: str) -> GraphQLError:
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions={"code": code},
+    )

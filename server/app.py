@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 
 from schema.context import Context
+from schema.loaders import create_loaders
 from schema.root import build_schema
 from server.broker import create_broker
 from server.db import create_engine, create_sessionmaker, ping
@@ -37,6 +38,7 @@ class GraphQLApp(GraphQL[Context, None]):
             sessionmaker=state.sessionmaker,
             broker=state.broker,
             request_id=current_request_id(),
+            loaders=create_loaders(state.engine),
         )
 
 

@@ -87,6 +87,7 @@ class Settings(BaseSettings):
 
     log_level: str = Field("info", validation_alias="KASPARRO_LOG_LEVEL")
     graphiql: bool = Field(True, validation_alias="KASPARRO_GRAPHIQL")
+    max_page_size: int = Field(500, ge=1, validation_alias="KASPARRO_MAX_PAGE_SIZE")
     db_pool_size: int = Field(10, validation_alias="KASPARRO_DB_POOL_SIZE")
 
     # ---- validation: each error names the variable and the value ----
