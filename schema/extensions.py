@@ -61,7 +61,9 @@ class ErrorPolicy(SchemaExtension):
 
     def _classify(self, error: GraphQLError) -> GraphQLError:
         original = error.original_error
-        if original is None or (error.path is None and isinstance(original, ValueError)):
+        if original is None or (
+            error.path is None and isinstance(original, ValueError | TypeError | GraphQLError)
+        ):
             # Parsing, validation and variable coercion: the client's request, not our code.
             return _with_code(error, _validation_code(error.message))
         if isinstance(original, UserError):
