@@ -68,14 +68,22 @@ async def test_newest_observation_first_by_default(client: httpx.AsyncClient) ->
 
 @pytest.mark.usefixtures("market")
 async def test_filters_combine(client: httpx.AsyncClient) -> None:
-    result = await page(client, first=50, filter={
-        "symbols": ["btc"], "sources": ["coinpaprika"],
-        "from": "2024-05-01T04:00:00+02:00",  # 02:00 UTC, inclusive
-        "to": "2024-05-01T05:00:00Z",  # exclusive
-    })
+    result = await page(
+        client,
+        first=50,
+        filter={
+            "symbols": ["btc"],
+            "sources": ["coinpaprika"],
+            "from": "2024-05-01T04:00:00+02:00",  # 02:00 UTC, inclusive
+            "to": "2024-05-01T05:00:00Z",  # exclusive
+        },
+    )
     nodes = [edge["node"] for edge in result["edges"]]
     assert [n["observedAt"] for n in nodes] == [
-        "2024-05-01T04:00:00Z", "2024-05-01T03:00:00Z", "2024-05-01T02:00:00Z"]
+        "2024-05-01T04:00:00Z",
+        "2024-05-01T03:00:00Z",
+        "2024-05-01T02:00:00Z",
+    ]
     assert {(n["symbol"], n["source"]) for n in nodes} == {("BTC", "coinpaprika")}
     assert [n["priceUsd"] for n in nodes] == ["60004", "60003", "60002"]
 
@@ -106,13 +114,17 @@ async def test_ingestion_order_and_price_cursor(client: httpx.AsyncClient) -> No
     assert ids == sorted(ids)
     body = await graphql(client, "{ prices(first: 1) { nodes { cursor id } } }")
     node = body["data"]["prices"]["nodes"][0]
-    assert node["cursor"] and node["cursor"] != node["id"]
+    assert node["cursor"]
+    assert node["cursor"] != node["id"]
 
 
 @pytest.mark.usefixtures("market")
 async def test_total_count_matches_the_filter(client: httpx.AsyncClient) -> None:
-    body = await graphql(client, """{ prices(first: 1, filter: {symbols: ["BTC"]}) {
-        totalCount } }""")
+    body = await graphql(
+        client,
+        """{ prices(first: 1, filter: {symbols: ["BTC"]}) {
+        totalCount } }""",
+    )
     assert body["data"]["prices"]["totalCount"] == 20
 
 
@@ -145,10 +157,14 @@ async def test_a_page_of_500_prices_with_assets_costs_a_fixed_few_statements(
 ) -> None:
     slugs = [(f"coin-{i}", f"C{i}", f"Coin {i}") for i in range(50)]
     ids = await seed_assets(engine, *slugs)
-    await seed_prices(engine, [
-        (ids[slug], "coingecko", T0 + timedelta(minutes=m), Decimal(m + 1))
-        for m in range(10) for slug, _, _ in slugs
-    ])
+    await seed_prices(
+        engine,
+        [
+            (ids[slug], "coingecko", T0 + timedelta(minutes=m), Decimal(m + 1))
+            for m in range(10)
+            for slug, _, _ in slugs
+        ],
+    )
     starlette_app, client = app
     statements: list[str] = []
     engine_sync = starlette_app.state.engine.sync_engine
@@ -158,8 +174,11 @@ async def test_a_page_of_500_prices_with_assets_costs_a_fixed_few_statements(
 
     event.listen(engine_sync, "before_cursor_execute", record)
     try:
-        body = await graphql(client, """{ prices(first: 500) {
-            nodes { id symbol asset { id slug name } } pageInfo { hasNextPage } } }""")
+        body = await graphql(
+            client,
+            """{ prices(first: 500) {
+            nodes { id symbol asset { id slug name } } pageInfo { hasNextPage } } }""",
+        )
     finally:
         event.remove(engine_sync, "before_cursor_execute", record)
     assert len(body["data"]["prices"]["nodes"]) == 500
@@ -179,8 +198,10 @@ async def test_a_page_of_500_prices_with_assets_costs_a_fixed_few_statements(
         ({"filter": {"sources": ["binance"]}}, "UNKNOWN_SOURCE"),
         ({"filter": {"from": "2024-05-01T00:00:00"}}, "BAD_USER_INPUT"),
         ({"filter": {"from": "yesterday"}}, "BAD_USER_INPUT"),
-        ({"filter": {"from": "2024-05-02T00:00:00Z", "to": "2024-05-01T00:00:00Z"}},
-         "BAD_DATE_RANGE"),
+        (
+            {"filter": {"from": "2024-05-02T00:00:00Z", "to": "2024-05-01T00:00:00Z"}},
+            "BAD_DATE_RANGE",
+        ),
     ],
 )
 async def test_bad_input_gets_a_clean_error_with_a_code(
@@ -199,8 +220,11 @@ async def test_a_time_without_offset_says_so(client: httpx.AsyncClient) -> None:
 @pytest.mark.usefixtures("market")
 async def test_a_cursor_of_another_ordering_is_refused(client: httpx.AsyncClient) -> None:
     newest = await page(client, first=1)
-    body = await graphql(client, PAGE, {"first": 1, "after": newest["pageInfo"]["endCursor"],
-                                        "orderBy": "OBSERVED_AT_ASC"})
+    body = await graphql(
+        client,
+        PAGE,
+        {"first": 1, "after": newest["pageInfo"]["endCursor"], "orderBy": "OBSERVED_AT_ASC"},
+    )
     code, message = error_of(body)
     assert code == "INVALID_CURSOR"
     assert "ordering" in message

@@ -1,0 +1,163 @@
+"""Property: walking all pages, forwards or backwards, under any filter and page size, yields
+every matching row exactly once and in order (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.settings import Settings
+from server.tables import prices
+from tests.support.asgi import graphql, running_app
+from tests.support.seed import seed_assets, seed_prices
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+SYMBOLS = ["BTC", "ETH", "SOL"]
+SOURCES = ["coingecko", "coinpaprika", "csv"]
+ORDERS = ["OBSERVED_AT_DESC", "OBSERVED_AT_ASC", "INGESTED_DESC", "INGESTED_ASC"]
+
+QUERY = """
+query($filter: PriceFilter, $first: Int, $after: String, $last: Int, $before: String,
+      $orderBy: PriceOrder) {
+  prices(filter: $filter, first: $first, after: $after, last: $last, before: $before,
+         orderBy: $orderBy) {
+    edges { node { id symbol source observedAt } }
+    pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
+  }
+}
+"""
+
+
+async def _seed(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """~150 prices with many equal timestamps (ties are where keyset paging breaks)."""
+    ids = await seed_assets(
+        engine,
+        ("bitcoin", "BTC", "Bitcoin"),
+        ("ethereum", "ETH", "Ethereum"),
+        ("solana", "SOL", "Solana"),
+    )
+    rng = random.Random(7)
+    keys = {
+        (slug, source, rng.randrange(40)) for slug in ids for source in SOURCES for _ in range(20)
+    }
+    rows = sorted(keys, key=lambda _: rng.random())  # ids unrelated to time order
+    await seed_prices(
+        engine,
+        [(ids[slug], source, T0 + timedelta(hours=h), Decimal(h + 1)) for slug, source, h in rows],
+    )
+    symbol = {ids["bitcoin"]: "BTC", ids["ethereum"]: "ETH", ids["solana"]: "SOL"}
+    async with engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                select(prices.c.id, prices.c.asset_id, prices.c.source, prices.c.observed_at)
+            )
+        ).all()
+    return [
+        {"id": r.id, "symbol": symbol[r.asset_id], "source": r.source, "at": r.observed_at}
+        for r in stored
+    ]
+
+
+def _expected(rows: list[dict[str, Any]], flt: dict[str, Any], order: str) -> list[int]:
+    def keep(row: dict[str, Any]) -> bool:
+        if "symbols" in flt and row["symbol"] not in flt["symbols"]:
+            return False
+        if "sources" in flt and row["source"] not in flt["sources"]:
+            return False
+        if "from" in flt and row["at"] < datetime.fromisoformat(flt["from"]):
+            return False
+        return not ("to" in flt and row["at"] >= datetime.fromisoformat(flt["to"]))
+
+    chosen = [row for row in rows if keep(row)]
+    if order.startswith("OBSERVED_AT"):
+        chosen.sort(key=lambda r: (r["at"], r["id"]), reverse=order.endswith("DESC"))
+    else:
+        chosen.sort(key=lambda r: r["id"], reverse=order.endswith("DESC"))
+    return [row["id"] for row in chosen]
+
+
+filters = st.fixed_dictionaries(
+    {},
+    optional={
+        "symbols": st.lists(st.sampled_from(SYMBOLS), min_size=1, max_size=3, unique=True),
+        "sources": st.lists(st.sampled_from(SOURCES), min_size=1, max_size=3, unique=True),
+        "from": st.integers(0, 40).map(lambda h: (T0 + timedelta(hours=h)).isoformat()),
+        "to": st.integers(1, 41).map(lambda h: (T0 + timedelta(hours=h)).isoformat()),
+    },
+).filter(lambda f: "from" not in f or "to" not in f or f["from"] < f["to"])
+
+
+async def _walk(
+    client: httpx.AsyncClient, flt: dict[str, Any], order: str, size: int, backwards: bool
+) -> list[int]:
+    seen: list[int] = []
+    cursor: str | None = None
+    for _ in range(500):
+        variables: dict[str, Any] = {"filter": flt, "orderBy": order}
+        variables.update(
+            {"last": size, "before": cursor} if backwards else {"first": size, "after": cursor}
+        )
+        body = await graphql(client, QUERY, variables)
+        assert "errors" not in body, body
+        result = body["data"]["prices"]
+        ids = [int(edge["node"]["id"]) for edge in result["edges"]]
+        info = result["pageInfo"]
+        seen = ids + seen if backwards else seen + ids
+        more = info["hasPreviousPage"] if backwards else info["hasNextPage"]
+        # The side we came from is exact too: only the very first page has nothing behind it.
+        behind = info["hasNextPage"] if backwards else info["hasPreviousPage"]
+        assert behind is (cursor is not None)
+        if not more:
+            assert len(ids) <= size
+            return seen
+        assert len(ids) == size
+        cursor = info["startCursor"] if backwards else info["endCursor"]
+    raise AssertionError("paging did not end")
+
+
+async def test_every_row_exactly_once_in_order(engine: AsyncEngine) -> None:
+    rows = await _seed(engine)
+    url = engine.url.render_as_string(hide_password=False)
+    async with running_app(Settings.load(_env_file=None, DATABASE_URL=url)) as (_, client):
+
+        @settings(
+            max_examples=30,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=[HealthCheck.function_scoped_fixture],
+        )
+        @given(
+            flt=filters,
+            order=st.sampled_from(ORDERS),
+            size=st.integers(1, 25),
+            backwards=st.booleans(),
+        )
+        def check(flt: dict[str, Any], order: str, size: int, backwards: bool) -> None:
+            expected = _expected(rows, flt, order)
+            seen = portal_run(_walk(client, flt, order, size, backwards))
+            assert seen == expected
+
+        portal_run = _Portal()
+        await portal_run.run_in_thread(check)
+
+
+class _Portal:
+    """Runs hypothesis (sync) in a worker thread that hands coroutines back to this loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    def __call__(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
+
+    async def run_in_thread(self, function: Any) -> None:
+        await asyncio.to_thread(function)
