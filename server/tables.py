@@ -37,7 +37,8 @@ metadata = MetaData(
 # BIGINT on PostgreSQL; INTEGER on SQLite, where only INTEGER PRIMARY KEY auto-increments.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
-RUN_STATUSES = ("running", "succeeded", "partial", "failed")
+# queued: accepted by triggerIngestion, waiting for a worker.
+RUN_STATUSES = ("queued", "running", "succeeded", "partial", "failed")
 
 
 def _created() -> Column[object]:
@@ -98,7 +99,9 @@ etl_runs = Table(
     Column("checkpoint_before", JSONDocument),
     Column("checkpoint_after", JSONDocument),
     Column("details", JSONDocument),
-    CheckConstraint("status IN ('running', 'succeeded', 'partial', 'failed')", name="status"),
+    CheckConstraint(
+        "status IN ('queued', 'running', 'succeeded', 'partial', 'failed')", name="status"
+    ),
     Index(None, "source", "started_at"),
     Index(None, "status", "started_at"),
 )

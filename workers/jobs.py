@@ -9,9 +9,17 @@ from workers.runtime import Runtime
 
 
 async def ingest(
-    ctx: dict[str, Any], source: str, *, trigger: str = "schedule", path: str | None = None
+    ctx: dict[str, Any],
+    source: str,
+    *,
+    trigger: str = "schedule",
+    path: str | None = None,
+    queued_id: int | None = None,
 ) -> dict[str, Any]:
-    """One ingestion run of `source`; returns the run's summary (also stored in etl_runs)."""
+    """One ingestion run of `source`; returns the run's summary (also stored in etl_runs).
+
+    `queued_id` is the etl_runs row triggerIngestion created; the run adopts it.
+    """
     runtime: Runtime = ctx["runtime"]
-    result = await run_source(runtime, source, trigger=trigger, path=path)
+    result = await run_source(runtime, source, trigger=trigger, path=path, queued_id=queued_id)
     return result.summary()

@@ -32,10 +32,11 @@ class Runtime:
     _local_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     @contextlib.asynccontextmanager
-    async def run_lock(self, source: str) -> AsyncIterator[bool]:
-        """Hold the per-source run lock; yields False (immediately) when another run has it."""
+    async def run_lock(self, source: str, *, wait: bool = False) -> AsyncIterator[bool]:
+        """Hold the per-source run lock. Without `wait`, yields False at once when another run
+        has it; with `wait`, waits for it."""
         lock = self._local_locks.setdefault(source, asyncio.Lock())
-        if lock.locked():
+        if lock.locked() and not wait:
             yield False
             return
         async with lock:
@@ -43,7 +44,7 @@ class Runtime:
                 yield True  # SQLite is the embedded, single-process mode
                 return
             async with self.engine.connect() as conn:
-                acquired = await _try_advisory_lock(conn, source)
+                acquired = await _advisory_lock(conn, source, wait=wait)
                 try:
                     yield acquired
                 finally:
@@ -58,8 +59,13 @@ def _lock_key(source: str) -> int:
     return _RUN_LOCK_BASE + zlib.crc32(source.encode()) % 0xFFFF
 
 
-async def _try_advisory_lock(conn: AsyncConnection, source: str) -> bool:
-    acquired = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(source)})
+async def _advisory_lock(conn: AsyncConnection, source: str, *, wait: bool) -> bool:
+    key = {"k": _lock_key(source)}
+    if wait:
+        await conn.execute(text("SELECT pg_advisory_lock(:k)"), key)
+        acquired: object = True
+    else:
+        acquired = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), key)
     await conn.commit()
     return bool(acquired)
 

@@ -67,28 +67,38 @@ async def run_source(
     path: str | None = None,
     options: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    queued_id: int | None = None,
 ) -> RunResult:
-    """Run `source` once unless a run of it is already going (then status "skipped").
+    """Run `source` once.
 
-    `progress(batch, totals)` is called after each committed batch (the CLI's progress bar).
+    A scheduled run is skipped (status "skipped") when another run of the source is going; a
+    queued run (`queued_id`, from triggerIngestion) waits for it instead. `progress(batch,
+    totals)` is called after each committed batch (the CLI's progress bar).
     """
     src = build_source(runtime, source, path=path, options=options or {})
-    async with runtime.run_lock(src.name) as acquired:
+    async with runtime.run_lock(src.name, wait=queued_id is not None) as acquired:
         if not acquired:
             log.info("run skipped: another run of this source is in progress", source=src.name)
             return RunResult(None, src.name, "skipped")
-        return await _run(runtime, src, trigger=trigger, progress=progress)
+        return await _run(runtime, src, trigger=trigger, progress=progress, queued_id=queued_id)
 
 
 async def _run(
-    runtime: Runtime, src: Source, *, trigger: str, progress: Progress | None
+    runtime: Runtime,
+    src: Source,
+    *,
+    trigger: str,
+    progress: Progress | None,
+    queued_id: int | None = None,
 ) -> RunResult:
     source = src.name
     started = time.perf_counter()
     engine = runtime.engine
     async with engine.begin() as conn:
         checkpoints = await load_checkpoints(conn, source)
-        run_id = await start_run(conn, source=source, trigger=trigger, checkpoint=checkpoints)
+        run_id = await start_run(
+            conn, source=source, trigger=trigger, checkpoint=checkpoints, queued_id=queued_id
+        )
     bound = log.bind(run_id=run_id, source=source)
     bound.info("run started", trigger=trigger)
     await publish(

@@ -19,10 +19,26 @@ PRICES_CHANNEL = "prices"
 RUNS_CHANNEL = "runs"
 
 
+async def queue_run(conn: AsyncConnection, *, source: str, trigger: str) -> int:
+    """A run accepted now and started later by a worker (status "queued")."""
+    run_id = await conn.scalar(
+        etl_runs.insert()
+        .values(source=source, trigger=trigger, status="queued", started_at=datetime.now(UTC))
+        .returning(etl_runs.c.id)
+    )
+    assert run_id is not None
+    return int(run_id)
+
+
 async def start_run(
-    conn: AsyncConnection, *, source: str, trigger: str, checkpoint: dict[str, Any]
+    conn: AsyncConnection,
+    *,
+    source: str,
+    trigger: str,
+    checkpoint: dict[str, Any],
+    queued_id: int | None = None,
 ) -> int:
-    """Close runs a dead process left "running", then open a new one."""
+    """Close runs a dead process left "running", then open a new one (or start a queued one)."""
     await conn.execute(
         update(etl_runs)
         .where(etl_runs.c.source == source, etl_runs.c.status == "running")
@@ -32,16 +48,17 @@ async def start_run(
             error="interrupted: the process running it stopped before it finished",
         )
     )
-    run_id = await conn.scalar(
-        etl_runs.insert()
-        .values(
-            source=source,
-            trigger=trigger,
-            status="running",
-            started_at=datetime.now(UTC),
-            checkpoint_before=checkpoint,
+    values = {"status": "running", "started_at": datetime.now(UTC), "checkpoint_before": checkpoint}
+    if queued_id is not None:
+        started = await conn.execute(
+            update(etl_runs)
+            .where(etl_runs.c.id == queued_id, etl_runs.c.status == "queued")
+            .values(**values)
         )
-        .returning(etl_runs.c.id)
+        if started.rowcount == 1:
+            return queued_id
+    run_id = await conn.scalar(
+        etl_runs.insert().values(source=source, trigger=trigger, **values).returning(etl_runs.c.id)
     )
     assert run_id is not None
     return int(run_id)

@@ -311,3 +311,34 @@ async def test_updating_the_run_row_is_visible_to_run_queries(
     async with engine.begin() as conn:
         await conn.execute(update(etl_runs).values(trigger="cron"))
     assert (await run_row(engine, result.run_id)).trigger == "cron"
+
+
+async def test_a_queued_run_is_adopted_by_the_worker_that_starts_it(
+    runtime: Runtime, engine: AsyncEngine
+) -> None:
+    from workers.pipeline.runs import queue_run
+
+    async with engine.begin() as conn:
+        queued = await queue_run(conn, source="coingecko", trigger="api")
+    assert (await run_row(engine, queued)).status == "queued"
+    result = await run_source(runtime, "coingecko", trigger="api", queued_id=queued)
+    assert result.run_id == queued
+    row = await run_row(engine, queued)
+    assert (row.status, row.trigger, row.inserted) == ("succeeded", "api", 3)
+    assert await count(engine, etl_runs) == 1
+
+
+async def test_a_queued_run_waits_for_the_run_in_progress(
+    runtime: Runtime, engine: AsyncEngine, fake: FakeUpstream
+) -> None:
+    from workers.pipeline.runs import queue_run
+
+    async with engine.begin() as conn:
+        queued = await queue_run(conn, source="coingecko", trigger="api")
+    fake.inject(Route.MARKETS, Fault.slow(0.5))
+    scheduled, manual = await asyncio.gather(
+        run_source(runtime, "coingecko", trigger="schedule"),
+        run_source(runtime, "coingecko", trigger="api", queued_id=queued),
+    )
+    assert (scheduled.status, manual.status) == ("succeeded", "succeeded")
+    assert manual.run_id == queued
