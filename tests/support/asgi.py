@@ -30,7 +30,9 @@ async def serve_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def graphql(
-    client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None,
+    client: httpx.AsyncClient,
+    query: str,
+    variables: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """POST a GraphQL operation; assert the HTTP status is below 500; return the JSON body."""

@@ -21,8 +21,11 @@ async def seed_assets(engine: AsyncEngine, *specs: tuple[str, str, str]) -> dict
                 insert(assets).values(slug=slug, symbol=symbol, name=name).returning(assets.c.id)
             )
             assert asset_id is not None
-            await conn.execute(insert(asset_aliases).values(
-                source="coingecko", source_asset_id=slug, asset_id=asset_id))
+            await conn.execute(
+                insert(asset_aliases).values(
+                    source="coingecko", source_asset_id=slug, asset_id=asset_id
+                )
+            )
             ids[slug] = int(asset_id)
     return ids
 
@@ -32,8 +35,14 @@ async def seed_prices(
 ) -> None:
     """(asset_id, source, observed_at, price) rows, inserted in the order given."""
     values = [
-        {"asset_id": a, "source": s, "observed_at": t, "price_usd": p,
-         "market_cap_usd": p * 1000, "volume_24h_usd": p * 10}
+        {
+            "asset_id": a,
+            "source": s,
+            "observed_at": t,
+            "price_usd": p,
+            "market_cap_usd": p * 1000,
+            "volume_24h_usd": p * 10,
+        }
         for a, s, t, p in rows
     ]
     if values:

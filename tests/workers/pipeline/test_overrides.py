@@ -16,16 +16,26 @@ from workers.runtime import Runtime
 
 async def alias_asset(engine: AsyncEngine, source: str, source_asset_id: str) -> int:
     async with engine.connect() as conn:
-        found = await conn.scalar(select(asset_aliases.c.asset_id).where(
-            asset_aliases.c.source == source, asset_aliases.c.source_asset_id == source_asset_id))
+        found = await conn.scalar(
+            select(asset_aliases.c.asset_id).where(
+                asset_aliases.c.source == source, asset_aliases.c.source_asset_id == source_asset_id
+            )
+        )
     assert found is not None
     return int(found)
 
 
 async def prices_of(engine: AsyncEngine, asset_id: int) -> list[str]:
     async with engine.connect() as conn:
-        return list((await conn.execute(select(prices.c.source).where(
-            prices.c.asset_id == asset_id).order_by(prices.c.source))).scalars())
+        return list(
+            (
+                await conn.execute(
+                    select(prices.c.source)
+                    .where(prices.c.asset_id == asset_id)
+                    .order_by(prices.c.source)
+                )
+            ).scalars()
+        )
 
 
 @pytest.fixture
@@ -46,8 +56,9 @@ async def test_a_pin_joins_two_aliases_moves_prices_and_survives_later_runs(
     assert gecko != paprika
 
     async with engine.begin() as conn:
-        result = await pin(conn, source="coinpaprika", source_asset_id="matic-polygon",
-                           asset_id=gecko)
+        result = await pin(
+            conn, source="coinpaprika", source_asset_id="matic-polygon", asset_id=gecko
+        )
     assert result.prices_moved == 1
     assert await prices_of(engine, gecko) == ["coingecko", "coinpaprika"]
     async with engine.connect() as conn:  # the asset left behind had nothing else
@@ -103,8 +114,10 @@ async def test_an_asset_never_holds_two_coins_of_one_source(
 async def test_find_asset_refuses_an_ambiguous_symbol(
     runtime: Runtime, engine: AsyncEngine, fake: FakeUpstream
 ) -> None:
-    fake.coins[:] = [market_coin("harmony", "one", "Harmony", 0.01),
-                     market_coin("menlo-one", "one", "Menlo One", 0.001, rank=2)]
+    fake.coins[:] = [
+        market_coin("harmony", "one", "Harmony", 0.01),
+        market_coin("menlo-one", "one", "Menlo One", 0.001, rank=2),
+    ]
     await run_source(runtime, "coingecko", trigger="test")
     async with engine.connect() as conn:
         with pytest.raises(OverrideError, match="names 2 assets"):
