@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.requests import Request
@@ -11,7 +11,12 @@ from starlette.websockets import WebSocket
 
 from schema.loaders import Loaders
 from server.broker import Broker
+from server.queue import JobQueue
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    # Only for the annotation: the cache's module imports what imports this one.
+    from schema.prices.cache import PriceCache
 
 
 @dataclass(slots=True)
@@ -25,3 +30,5 @@ class Context:
     broker: Broker
     request_id: str
     loaders: Loaders
+    queue: JobQueue
+    price_cache: PriceCache

@@ -19,12 +19,16 @@ from server.requestid import current_request_id
 log = structlog.get_logger(__name__)
 
 # Messages graphql-core and strawberry's limiters use, mapped to codes clients can switch on.
+# The parser's own limits are syntax errors too, so they come before "Syntax Error".
 _VALIDATION_CODES = (
+    ("Document contains more than", "TOO_MANY_TOKENS"),
+    ("Source contains more than", "QUERY_TOO_LARGE"),
     ("Syntax Error", "GRAPHQL_PARSE_FAILED"),
     ("exceeds maximum operation depth", "QUERY_TOO_DEEP"),
     ("aliases found", "TOO_MANY_ALIASES"),
-    ("max tokens", "TOO_MANY_TOKENS"),
+    ("introspection has been disabled", "INTROSPECTION_DISABLED"),
     ("got invalid value", "BAD_USER_INPUT"),
+    ("has invalid value", "BAD_USER_INPUT"),
     ("Expected value of type", "BAD_USER_INPUT"),
     ("Expected type", "BAD_USER_INPUT"),
 )

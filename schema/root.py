@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.types import ExecutionContext
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
+from strawberry.types import ExecutionContext
 
+from schema.assets.query import AssetsQuery
 from schema.extensions import ErrorPolicy, ResponseMeta
+from schema.prices.market import MarketQuery
 from schema.prices.query import PricesQuery
+from schema.quality.query import QualityQuery
+from schema.runs.mutation import RunsMutation
+from schema.runs.query import RunsQuery
 from schema.scalars import SCALAR_MAP
 from schema.system.query import SystemQuery
+from server.limits import protection_extensions
+from server.settings import Settings
 
-Query = merge_types("Query", (PricesQuery, SystemQuery))
+Query = merge_types(
+    "Query", (PricesQuery, MarketQuery, AssetsQuery, SystemQuery, RunsQuery, QualityQuery)
+)
+Mutation = merge_types("Mutation", (RunsMutation,))
 
 
 class Schema(strawberry.Schema):
@@ -26,11 +36,14 @@ class Schema(strawberry.Schema):
         return None
 
 
-def build_schema() -> strawberry.Schema:
-    """A fresh schema; extensions are passed as classes so no request state is shared."""
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    """A fresh schema; extensions are passed as classes or factories so no request state is
+    shared. With `settings`, the protection limits they configure are on (the SDL needs none)."""
+    limits = protection_extensions(settings) if settings is not None else []
     return Schema(
         query=Query,
-        extensions=[ErrorPolicy, ResponseMeta],
+        mutation=Mutation,
+        extensions=[ErrorPolicy, ResponseMeta, *limits],
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 
 import strawberry
 from strawberry.types.scalar import ScalarDefinition
@@ -29,6 +30,21 @@ def _serialize_datetime(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def _serialize_decimal(value: Decimal) -> str:
+    # Plain notation: PostgreSQL hands back 60000 as Decimal("6E+4"), which str() keeps.
+    return format(value, "f")
+
+
+def _parse_decimal(value: object) -> Decimal:
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a decimal number") from None
+    if not number.is_finite():
+        raise ValueError(f"{value!r} is not a finite decimal number")
+    return number
+
+
 # `datetime` in any resolver signature or type means this scalar (StrawberryConfig.scalar_map).
 SCALAR_MAP: dict[object, ScalarDefinition] = {
     datetime: strawberry.scalar(
@@ -36,5 +52,11 @@ SCALAR_MAP: dict[object, ScalarDefinition] = {
         description="An ISO-8601 date-time with a UTC offset (any offset in, UTC out).",
         serialize=_serialize_datetime,
         parse_value=_parse_datetime,
-    )
+    ),
+    Decimal: strawberry.scalar(
+        name="Decimal",
+        description="An exact decimal number, as a string in plain notation (never a float).",
+        serialize=_serialize_decimal,
+        parse_value=_parse_decimal,
+    ),
 }

@@ -18,10 +18,14 @@ from strawberry.asgi import GraphQL
 
 from schema.context import Context
 from schema.loaders import create_loaders
+from schema.prices.cache import PriceCache
 from schema.root import build_schema
 from server.broker import create_broker
 from server.db import create_engine, create_sessionmaker, ping
+from server.limits import QuerySizeMiddleware
 from server.metrics import Metrics, MetricsMiddleware, metrics_endpoint
+from server.queue import open_job_queue
+from server.ratelimit import RateLimitMiddleware, create_request_limiter
 from server.requestid import RequestIdMiddleware, current_request_id
 from server.settings import Settings
 
@@ -39,11 +43,14 @@ class GraphQLApp(GraphQL[Context, None]):
             broker=state.broker,
             request_id=current_request_id(),
             loaders=create_loaders(state.engine),
+            queue=state.queue,
+            price_cache=state.price_cache,
         )
 
 
 def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
-    """Build the app; the lifespan creates and disposes the engine and the broker.
+    """Build the app; the lifespan creates and disposes the engine, the broker, the job queue
+    and the request rate limiter.
 
     `with_worker` (used by `kasparro up`) also runs ingestion inside this process, sharing the
     engine and broker: the embedded scheduler, or an arq worker when REDIS_URL is set.
@@ -60,6 +67,16 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
             stack.push_async_callback(broker.close)
+            # Hot reads (latestPrices, the newest candles): stopped before the broker closes.
+            app.state.price_cache = price_cache = PriceCache(engine, broker)
+            stack.push_async_callback(price_cache.stop)
+            await price_cache.start()
+            app.state.rate_limiter = limiter = create_request_limiter(settings)
+            if limiter is not None:
+                stack.push_async_callback(limiter.close)
+            app.state.queue = await stack.enter_async_context(
+                open_job_queue(settings, engine=engine, broker=broker)
+            )
             if with_worker:
                 from workers.inprocess import run_in_process
 
@@ -68,7 +85,7 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
 
     metrics = Metrics()
     graphql = GraphQLApp(
-        build_schema(),
+        build_schema(settings),
         graphql_ide="graphiql" if settings.graphiql else None,
     )
     app = Starlette(
@@ -82,6 +99,8 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(MetricsMiddleware, metrics=metrics),
+            Middleware(RateLimitMiddleware, settings=settings),
+            Middleware(QuerySizeMiddleware, max_bytes=settings.max_query_bytes),
         ],
         lifespan=lifespan,
     )

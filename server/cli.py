@@ -103,7 +103,16 @@ def ingest(
 ) -> None:
     """One ingestion run now, with progress. Exit code: 0 succeeded, 1 failed, 3 partial
     (rows quarantined), 4 skipped (another run of the source is in progress)."""
+    from workers.sources import SOURCE_NAMES
+
     settings = load_settings()
+    if source not in SOURCE_NAMES:
+        typer.secho(
+            f"kasparro: unknown source {source!r}; known: {', '.join(SOURCE_NAMES)}",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(2)
     given = {"asset": asset, "days": days, "symbol": symbol, "name": name}
     options = {key: value for key, value in given.items() if value is not None}
     status = asyncio.run(_ingest(settings, source, file, options))

@@ -6,54 +6,105 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from workers.pipeline.load import BatchOutcome
 
 STATUS_STYLE = {"succeeded": "green", "partial": "yellow", "failed": "red", "running": "cyan"}
 COUNTS = ("fetched", "inserted", "updated", "skipped", "quarantined")
+FIELDS = ("run", "source", "trigger", "status", "started", "duration", *COUNTS, "error")
+ERROR_MIN_WIDTH = 20  # the error column wraps; the table needs at least this much for it
 
 
 @contextmanager
 def ingest_progress(console: Console, source: str) -> Iterator[Any]:
-    """A live line of counts, updated after every committed batch."""
+    """A live line of counts, updated after every committed batch; the last counts stay.
+
+    The live line is transient, so a run that never got to a batch (an unknown source, a bad
+    option) leaves only its error message behind.
+    """
     columns = (
         SpinnerColumn(),
         TextColumn(f"[bold]{source}[/]"),
         TextColumn("{task.fields[counts]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    last: list[str] = []
+    with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(source, total=None, counts="starting")
 
         def update(batch: BatchOutcome, totals: BatchOutcome) -> None:
             counts = "  ".join(f"{name} {getattr(totals, name):,}" for name in COUNTS)
+            last[:] = [counts]
             progress.update(task, counts=counts)
 
         yield update
+    if last:
+        console.print(f"[bold]{source}[/] {last[0]}", highlight=False)
 
 
-def runs_table(rows: Sequence[Mapping[str, Any]], title: str = "ETL runs") -> Table:
-    table = Table(title=title, title_justify="left")
-    for name in ("run", "source", "trigger", "status", "started", "duration"):
-        table.add_column(name, no_wrap=True)
-    for name in COUNTS:
-        table.add_column(name, justify="right")
-    table.add_column("error", overflow="fold", max_width=60)
-    for row in rows:
-        status = str(row["status"])
-        started, finished = row["started_at"], row["finished_at"]
-        duration = f"{(finished - started).total_seconds():.1f}s" if finished else "-"
-        table.add_row(
-            str(row["id"]),
-            row["source"],
-            row["trigger"],
-            f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]",
-            started.strftime("%Y-%m-%d %H:%M:%S"),
-            duration,
-            *(f"{int(row[name]):,}" for name in COUNTS),
-            row["error"] or "",
-        )
-    return table
+def runs_table(rows: Sequence[Mapping[str, Any]], title: str = "ETL runs") -> RunsTable:
+    """The runs as one table, or one card per run where the table would not fit."""
+    return RunsTable([_cells(row) for row in rows], title)
+
+
+class RunsTable:
+    """A table of runs when the console is wide enough for every count, else a card per run.
+
+    A table squeezed below its width loses whole columns (rich shrinks them to nothing), and
+    the counts are what the reader came for; a pipe gets 80 columns.
+    """
+
+    def __init__(self, rows: list[dict[str, Text]], title: str) -> None:
+        self.rows = rows
+        self.title = title
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        narrowest = self.table(error_width=ERROR_MIN_WIDTH)
+        needed = Measurement.get(console, options.update_width(10_000), narrowest)
+        if needed.maximum <= options.max_width:  # no_wrap columns need their full width
+            yield self.table()
+            return
+        yield Text(self.title, style="italic")
+        for row in self.rows:
+            card = Table.grid(padding=(0, 2))
+            card.add_column(style="bold", no_wrap=True)
+            card.add_column(overflow="fold")
+            for name in FIELDS:
+                card.add_row(name, row[name])
+            yield Text()
+            yield card
+
+    def table(self, *, error_width: int = 60) -> Table:
+        table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD)
+        for name in FIELDS[:6]:
+            table.add_column(name, no_wrap=True)
+        for name in COUNTS:
+            table.add_column(name, justify="right", no_wrap=True)
+        table.add_column("error", overflow="fold", max_width=error_width)
+        for row in self.rows:
+            table.add_row(*(row[name] for name in FIELDS))
+        return table
+
+
+def _cells(row: Mapping[str, Any]) -> dict[str, Text]:
+    """Plain Text, not markup: an error message may hold brackets."""
+    status = str(row["status"])
+    started, finished = row["started_at"], row["finished_at"]
+    values = {
+        "run": str(row["id"]),
+        "source": str(row["source"]),
+        "trigger": str(row["trigger"]),
+        "started": started.strftime("%Y-%m-%d %H:%M:%S"),
+        "duration": f"{(finished - started).total_seconds():.1f}s" if finished else "-",
+        **{name: f"{int(row[name]):,}" for name in COUNTS},
+        "error": str(row["error"] or ""),
+    }
+    cells = {name: Text(value) for name, value in values.items()}
+    cells["status"] = Text(status, style=STATUS_STYLE.get(status, "white"))
+    return cells

@@ -25,7 +25,8 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
         # A connection killed by a database restart is detected and replaced, not reused.
         "pool_pre_ping": True,
         "pool_recycle": 1800,
-        "connect_args": {"timeout": 10, "command_timeout": 60},
+        # During an outage a request fails after the connect timeout, not a minute later.
+        "connect_args": {"timeout": settings.db_connect_timeout, "command_timeout": 60},
     }
     options.update(overrides)
     return create_async_engine(settings.database_url, **options)

@@ -89,6 +89,19 @@ class Settings(BaseSettings):
     graphiql: bool = Field(True, validation_alias="KASPARRO_GRAPHIQL")
     max_page_size: int = Field(500, ge=1, validation_alias="KASPARRO_MAX_PAGE_SIZE")
     db_pool_size: int = Field(10, validation_alias="KASPARRO_DB_POOL_SIZE")
+    # Seconds to wait for a new database connection: a request during an outage fails this fast.
+    db_connect_timeout: float = Field(5, gt=0, validation_alias="KASPARRO_DB_CONNECT_TIMEOUT")
+
+    # ---- protection of the GraphQL endpoint ----
+    max_query_depth: int = Field(10, ge=1, validation_alias="KASPARRO_MAX_QUERY_DEPTH")
+    max_aliases: int = Field(15, ge=0, validation_alias="KASPARRO_MAX_ALIASES")
+    max_tokens: int = Field(2000, ge=1, validation_alias="KASPARRO_MAX_TOKENS")
+    max_query_bytes: int = Field(10_000, ge=1, validation_alias="KASPARRO_MAX_QUERY_BYTES")
+    introspection: bool = Field(True, validation_alias="KASPARRO_INTROSPECTION")
+    # Requests per minute per client (API key, else address); 0 switches the limit off.
+    rate_limit_per_minute: int = Field(600, ge=0, validation_alias="KASPARRO_RATE_LIMIT_PER_MINUTE")
+    # Requests a client may send at once; default: a minute's worth.
+    rate_limit_burst: int | None = Field(None, ge=1, validation_alias="KASPARRO_RATE_LIMIT_BURST")
 
     # ---- validation: each error names the variable and the value ----
 
@@ -196,6 +209,11 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def rate_limit_capacity(self) -> int:
+        """The burst of the request rate limit (a minute's worth unless set)."""
+        return self.rate_limit_burst or self.rate_limit_per_minute
 
     @property
     def embedded(self) -> bool:

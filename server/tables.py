@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -37,12 +39,21 @@ metadata = MetaData(
 # BIGINT on PostgreSQL; INTEGER on SQLite, where only INTEGER PRIMARY KEY auto-increments.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
+
 # queued: accepted by triggerIngestion, waiting for a worker.
+def utcnow() -> datetime:
+    """Python-side default: SQLite's CURRENT_TIMESTAMP text has no fraction, so rows stamped by
+    the database would not compare or sort like rows stamped from Python."""
+    return datetime.now(UTC)
+
+
 RUN_STATUSES = ("queued", "running", "succeeded", "partial", "failed")
 
 
 def _created() -> Column[object]:
-    return Column("created_at", UTCDateTime(), nullable=False, server_default=func.now())
+    return Column(
+        "created_at", UTCDateTime(), nullable=False, default=utcnow, server_default=func.now()
+    )
 
 
 def _run_fk(*, nullable: bool = True) -> Column[int]:
@@ -88,7 +99,13 @@ etl_runs = Table(
     Column("source", String(32), nullable=False),
     Column("trigger", String(32), nullable=False),
     Column("status", String(16), nullable=False, server_default="running"),
-    Column("started_at", UTCDateTime(), nullable=False, server_default=func.now()),
+    Column(
+        "started_at",
+        UTCDateTime(),
+        nullable=False,
+        default=utcnow,
+        server_default=func.now(),
+    ),
     Column("finished_at", UTCDateTime()),
     Column("fetched", Integer, nullable=False, server_default="0"),
     Column("inserted", Integer, nullable=False, server_default="0"),
@@ -104,6 +121,7 @@ etl_runs = Table(
     ),
     Index(None, "source", "started_at"),
     Index(None, "status", "started_at"),
+    Index(None, "source", "id"),
 )
 
 raw_records = Table(
@@ -115,7 +133,13 @@ raw_records = Table(
     Column("origin", String(500), nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("payload", JSONDocument, nullable=False),
-    Column("fetched_at", UTCDateTime(), nullable=False, server_default=func.now()),
+    Column(
+        "fetched_at",
+        UTCDateTime(),
+        nullable=False,
+        default=utcnow,
+        server_default=func.now(),
+    ),
     Index(None, "source", "content_hash"),
     Index(None, "run_id"),
 )
@@ -138,7 +162,13 @@ prices = Table(
     _run_fk(),
     Column("raw_record_id", BigId, ForeignKey("raw_records.id", ondelete="SET NULL")),
     Column("origin", String(500)),
-    Column("ingested_at", UTCDateTime(), nullable=False, server_default=func.now()),
+    Column(
+        "ingested_at",
+        UTCDateTime(),
+        nullable=False,
+        default=utcnow,
+        server_default=func.now(),
+    ),
     Column("updated_at", UTCDateTime()),
     UniqueConstraint("asset_id", "source", "observed_at"),
     # Keyset pages: all prices by time, one asset by time, one source by time.
@@ -156,7 +186,13 @@ checkpoints = Table(
     Column("stream", String(500), nullable=False, server_default=text("''")),
     Column("state", JSONDocument, nullable=False),
     _run_fk(),
-    Column("updated_at", UTCDateTime(), nullable=False, server_default=func.now()),
+    Column(
+        "updated_at",
+        UTCDateTime(),
+        nullable=False,
+        default=utcnow,
+        server_default=func.now(),
+    ),
     UniqueConstraint("source", "stream"),
 )
 
@@ -187,7 +223,13 @@ drift_events = Table(
     Column("confidence", Float),
     Column("action", String(16), nullable=False),  # auto_mapped, quarantined, ignored, recorded
     Column("detail", JSONDocument),
-    Column("detected_at", UTCDateTime(), nullable=False, server_default=func.now()),
+    Column(
+        "detected_at",
+        UTCDateTime(),
+        nullable=False,
+        default=utcnow,
+        server_default=func.now(),
+    ),
     Index(None, "source", "detected_at"),
     Index(None, "detected_at", "id"),
 )
@@ -206,7 +248,13 @@ anomalies = Table(
     Column("expected", ExactDecimal()),
     Column("score", Float),
     Column("detail", JSONDocument),
-    Column("detected_at", UTCDateTime(), nullable=False, server_default=func.now()),
+    Column(
+        "detected_at",
+        UTCDateTime(),
+        nullable=False,
+        default=utcnow,
+        server_default=func.now(),
+    ),
     Index(None, "detected_at", "id"),
     Index(None, "source", "kind"),
 )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.broker import Broker, create_broker
@@ -17,6 +19,11 @@ from server.db import create_engine
 from server.settings import Settings
 from workers.http import RetryPolicy, UpstreamClient
 from workers.ratelimit import RateLimiter, make_rate_limiter
+
+# In-process run locks per engine; the advisory lock covers other processes on PostgreSQL.
+_LOCAL_LOCKS: weakref.WeakKeyDictionary[Engine, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
 
 # Session-level advisory lock keys: one run per source at a time across all workers.
 _RUN_LOCK_BASE = 0x6B610000
@@ -29,13 +36,15 @@ class Runtime:
     broker: Broker
     client: UpstreamClient
     limiters: dict[str, RateLimiter]
-    _local_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     @contextlib.asynccontextmanager
     async def run_lock(self, source: str, *, wait: bool = False) -> AsyncIterator[bool]:
         """Hold the per-source run lock. Without `wait`, yields False at once when another run
         has it; with `wait`, waits for it."""
-        lock = self._local_locks.setdefault(source, asyncio.Lock())
+        # Shared by every Runtime on this engine (the scheduler's and the job queue's).
+        lock = _LOCAL_LOCKS.setdefault(self.engine.sync_engine, {}).setdefault(
+            source, asyncio.Lock()
+        )
         if lock.locked() and not wait:
             yield False
             return

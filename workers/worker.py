@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,12 +13,21 @@ from arq.cron import CronJob
 from arq.worker import Worker, func
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.broker import Broker
+from server.broker import Broker, create_broker
 from server.settings import Settings
 from workers.jobs import ingest
 from workers.runtime import open_runtime
 
-QUEUE_NAME = "kasparro:queue"
+# Everything the worker keeps in Redis is named under a namespace: its queue, the cron jobs' ids
+# (arq keeps jobs under the global `arq:job:<id>`) and, unless a broker is given, the pub/sub
+# channels. Deployments (and tests) sharing one Redis stay apart by using different namespaces.
+NAMESPACE = "kasparro"
+QUEUE_NAME = f"{NAMESPACE}:queue"
+
+
+def queue_name(namespace: str = NAMESPACE) -> str:
+    """The arq queue of the workers of `namespace` (where ingest jobs are enqueued)."""
+    return f"{namespace}:queue"
 
 
 def cron_schedule(interval: int) -> dict[str, set[int]]:
@@ -45,13 +56,13 @@ def _scheduled(source: str) -> Callable[[dict[str, Any]], Awaitable[dict[str, An
     return scheduled_ingest
 
 
-def cron_jobs(settings: Settings) -> list[CronJob]:
+def cron_jobs(settings: Settings, *, namespace: str = NAMESPACE) -> list[CronJob]:
     """One cron job per enabled source; unique, so N workers start each tick once."""
     schedule = cron_schedule(settings.ingest_interval)
     return [
         cron(
             _scheduled(source),  # type: ignore[arg-type]
-            name=f"ingest:{source}",
+            name=f"{namespace}:ingest:{source}",
             run_at_startup=True,
             unique=True,
             timeout=max(settings.ingest_interval * 4, 600),
@@ -61,33 +72,57 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     ]
 
 
+class IngestWorker(Worker):
+    """arq's Worker, but closing its Redis pool with `aclose()`.
+
+    arq 0.28 closes it with redis-py 5's deprecated `close()`: a DeprecationWarning that, where
+    warnings are errors, aborts `close()` and leaves the connections open.
+    """
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close = self._pool.aclose  # the one deprecated call arq makes on it
+        await super().close()
+
+
 def create_worker(
     settings: Settings,
     *,
     engine: AsyncEngine | None = None,
     broker: Broker | None = None,
     handle_signals: bool = True,
+    namespace: str = NAMESPACE,
     **overrides: Any,
 ) -> Worker:
-    """An arq Worker whose jobs share one Runtime (engine, broker, HTTP client)."""
+    """An arq Worker whose jobs share one Runtime (engine, broker, HTTP client).
+
+    What is not given is created at startup and closed at shutdown; `overrides` are passed to
+    arq's Worker (e.g. `burst=True`, `poll_delay`, `cron_jobs`).
+    """
     if settings.redis_url is None:
         raise ValueError("the arq worker needs REDIS_URL")
-    runtimes: list[Any] = []
+    redis_url = settings.redis_url
+    stacks: list[contextlib.AsyncExitStack] = []
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        manager = open_runtime(settings, engine=engine, broker=broker)
-        ctx["runtime"] = await manager.__aenter__()
-        runtimes.append(manager)
+        async with contextlib.AsyncExitStack() as stack:
+            shared = broker
+            if shared is None:
+                shared = create_broker(redis_url, prefix=f"{namespace}:")
+                stack.push_async_callback(shared.close)
+            runtime = open_runtime(settings, engine=engine, broker=shared)
+            ctx["runtime"] = await stack.enter_async_context(runtime)
+            stacks.append(stack.pop_all())
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
-        while runtimes:
-            await runtimes.pop().__aexit__(None, None, None)
+        while stacks:
+            await stacks.pop().aclose()
 
     options: dict[str, Any] = {
         "functions": [func(ingest, name="ingest")],
-        "cron_jobs": cron_jobs(settings),
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
-        "queue_name": QUEUE_NAME,
+        "cron_jobs": cron_jobs(settings, namespace=namespace),
+        "redis_settings": RedisSettings.from_dsn(redis_url),
+        "queue_name": queue_name(namespace),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "handle_signals": handle_signals,
@@ -96,13 +131,20 @@ def create_worker(
         "keep_result": 3600,
     }
     options.update(overrides)
-    return Worker(**options)
+    return IngestWorker(**options)
 
 
 async def run_worker(settings: Settings) -> None:
-    """`kasparro worker`: run until SIGINT/SIGTERM."""
-    worker = create_worker(settings)
+    """`kasparro worker`: run until SIGINT/SIGTERM, then stop cleanly (running jobs are
+    cancelled, recorded as failed, and run again by the next worker)."""
+    worker = create_worker(settings)  # arq's signal handler cancels the jobs and its main task
     try:
         await worker.async_run()
+    except asyncio.CancelledError:
+        # The signal cancelled arq's main task: the normal way to stop, not an error. A
+        # cancellation of this task itself (asyncio.run shutting down) still propagates.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
     finally:
         await worker.close()

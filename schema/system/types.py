@@ -6,6 +6,8 @@ from enum import Enum
 
 import strawberry
 
+from schema.runs.types import EtlRun
+
 
 @strawberry.enum(description="Whether a dependency answered a probe just now.")
 class ComponentStatus(Enum):
@@ -17,7 +19,13 @@ class ComponentStatus(Enum):
         return cls.UP if reachable else cls.DOWN
 
 
-@strawberry.type(description="Liveness of the service's dependencies.")
+@strawberry.enum(description="The service as a whole.")
+class HealthStatus(Enum):
+    OK = "ok"
+    DEGRADED = "degraded"
+
+
+@strawberry.type(description="Liveness of the service's dependencies and of its ingestion.")
 class Health:
     database: ComponentStatus
     broker: ComponentStatus
@@ -25,3 +33,11 @@ class Health:
         description="True when running on the embedded defaults (no REDIS_URL)."
     )
     version: str
+    last_runs: list[EtlRun] = strawberry.field(
+        description="The newest run of each source that has run (empty while the database is down)."
+    )
+    status: HealthStatus = strawberry.field(
+        description="DEGRADED when a dependency is down or the newest run of an enabled source "
+        "failed."
+    )
+    reasons: list[str] = strawberry.field(description="Why the status is DEGRADED; empty if OK.")

@@ -120,3 +120,29 @@ def test_the_server_package_stays_import_light(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     )
     assert result.stdout.strip() == "False"
+
+
+async def test_embedded_start_closes_runs_a_previous_process_left_queued(
+    sqlite_url: str,
+) -> None:
+    from sqlalchemy import select
+
+    from server.db import create_engine
+    from server.migrate import upgrade
+    from server.tables import etl_runs
+    from workers.pipeline.runs import queue_run
+
+    settings = settings_for(sqlite_url)
+    engine = create_engine(settings)
+    try:
+        await upgrade(engine, settings)
+        async with engine.begin() as conn:
+            run_id = await queue_run(conn, source="csv", trigger="api")
+        async with serve_app(settings):
+            pass
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(etl_runs).where(etl_runs.c.id == run_id))).one()
+    finally:
+        await engine.dispose()
+    assert row.status == "failed"
+    assert "stopped before running it" in row.error

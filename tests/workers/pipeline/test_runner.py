@@ -342,3 +342,17 @@ async def test_a_queued_run_waits_for_the_run_in_progress(
     )
     assert (scheduled.status, manual.status) == ("succeeded", "succeeded")
     assert manual.run_id == queued
+
+
+async def test_runtimes_on_one_engine_share_the_run_lock(
+    make_runtime: Any, engine: AsyncEngine, fake: FakeUpstream
+) -> None:
+    """`kasparro up` embedded: the scheduler and the job queue each open a Runtime."""
+    fake.inject(Route.MARKETS, Fault.slow(0.5))
+    async with make_runtime() as scheduler_runtime, make_runtime() as queue_runtime:
+        first, second = await asyncio.gather(
+            run_source(scheduler_runtime, "coingecko", trigger="schedule"),
+            run_source(queue_runtime, "coingecko", trigger="schedule"),
+        )
+    assert sorted([first.status, second.status]) == ["skipped", "succeeded"]
+    assert await count(engine, etl_runs) == 1

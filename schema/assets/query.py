@@ -1,0 +1,124 @@
+"""The assets queries: a searchable keyset page of assets, and one asset by symbol, id or slug."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import strawberry
+from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+from strawberry.types import Info
+
+from schema.assets.types import Asset, AssetConnection, AssetEdge
+from schema.context import Context
+from schema.errors import UserError
+from schema.pagination import Keyset, PageArgs, fetch_page, parse_int
+from server.tables import assets
+
+
+def _parse_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+ASSETS_KEYSET = Keyset("assets:s+", (assets.c.symbol, assets.c.id), False, (_parse_str, parse_int))
+
+
+def ambiguous_symbol(symbol: str, slugs: Sequence[str]) -> UserError:
+    """The error for a symbol that names several assets: it lists them, to pick one."""
+    return UserError(
+        f"symbol {symbol!r} names {len(slugs)} assets ({', '.join(slugs)}); "
+        "ask by id or slug instead",
+        code="AMBIGUOUS_SYMBOL",
+        slugs=list(slugs),
+    )
+
+
+async def assets_with_symbol(conn: AsyncConnection, symbol: str) -> list[Any]:
+    """Every asset whose symbol is `symbol`, case-insensitively, by slug."""
+    query = (
+        select(assets).where(func.upper(assets.c.symbol) == symbol.upper()).order_by(assets.c.slug)
+    )
+    return list((await conn.execute(query)).all())
+
+
+def parse_asset_id(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"{value!r} is not an asset id", code="BAD_USER_INPUT") from None
+
+
+def _search(text: str | None) -> list[ColumnElement[bool]]:
+    """Case-insensitive substring match on symbol, name or slug (no condition when blank)."""
+    needle = (text or "").strip().lower()
+    if not needle:
+        return []
+    columns = (assets.c.symbol, assets.c.name, assets.c.slug)
+    return [or_(*(func.lower(c).contains(needle, autoescape=True) for c in columns))]
+
+
+@strawberry.type
+class AssetsQuery:
+    @strawberry.field(
+        description="Assets by symbol then id; `search` matches symbol, name or slug."
+    )
+    async def assets(
+        self,
+        info: Info[Context, None],
+        search: str | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> AssetConnection:
+        page = PageArgs.of(
+            first=first,
+            after=after,
+            last=None,
+            before=None,
+            max_size=info.context.settings.max_page_size,
+        )
+        conditions = _search(search)
+        base = select(assets).where(*conditions)
+        async with info.context.engine.connect() as conn:
+            result = await fetch_page(
+                conn, base, ASSETS_KEYSET, page, lambda row: (row.symbol, row.id)
+            )
+        edges = [
+            AssetEdge(cursor=ASSETS_KEYSET.cursor((row.symbol, row.id)), node=Asset.from_row(row))
+            for row in result.rows
+        ]
+        count_query = select(func.count()).select_from(assets).where(*conditions)
+        return AssetConnection(edges=edges, page_info=result.page_info, count_query=count_query)
+
+    @strawberry.field(
+        description="One asset by exactly one of symbol (case-insensitive), id or slug; null "
+        "when there is none. A symbol naming several assets is an AMBIGUOUS_SYMBOL error."
+    )
+    async def asset(
+        self,
+        info: Info[Context, None],
+        symbol: str | None = None,
+        id: strawberry.ID | None = None,
+        slug: str | None = None,
+    ) -> Asset | None:
+        given = [name for name, value in (("symbol", symbol), ("id", id), ("slug", slug)) if value]
+        if len(given) != 1:
+            raise UserError(
+                f"pass exactly one of symbol, id or slug (got {', '.join(given) or 'none'})",
+                code="BAD_USER_INPUT",
+            )
+        async with info.context.engine.connect() as conn:
+            if symbol:
+                rows = await assets_with_symbol(conn, symbol)
+                if len(rows) > 1:
+                    raise ambiguous_symbol(symbol, [row.slug for row in rows])
+                row = rows[0] if rows else None
+            elif id:
+                query = select(assets).where(assets.c.id == parse_asset_id(id))
+                row = (await conn.execute(query)).one_or_none()
+            else:
+                query = select(assets).where(assets.c.slug == (slug or "").lower())
+                row = (await conn.execute(query)).one_or_none()
+        return None if row is None else Asset.from_row(row)

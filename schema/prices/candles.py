@@ -1,0 +1,300 @@
+"""Candles (OHLC) from price observations: bucket arithmetic, the SQL aggregate, and the same
+aggregate in Python for the buckets the hot-read cache keeps as raw observations.
+
+A candle's values, over the observations of one bucket (of one source, or of all sources):
+
+- open: the first observation's `open_usd` when it is a candle row, else its price;
+- close: the last observation's price ("first"/"last" by (observed_at, id));
+- high / low: the highest `high_usd` / lowest `low_usd`, where an observation without them counts
+  with its price (so candle rows contribute their own range);
+- volume: the 24h trading volume last reported in the bucket (of the latest observation that
+  carries one); a rolling figure as the sources report it, not what traded inside the bucket;
+  null when no observation in the bucket reports volume;
+- observations: how many there are; sources: which sources they came from.
+
+Buckets are aligned on the Unix epoch in UTC (so days start at 00:00 UTC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Float,
+    Integer,
+    Select,
+    case,
+    cast,
+    extract,
+    func,
+    literal_column,
+    select,
+    type_coerce,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.sqltypes import ExactDecimal
+from server.tables import prices
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Interval(Enum):
+    """Bucket widths in seconds."""
+
+    FIVE_MINUTES = 300
+    HOUR = 3600
+    DAY = 86400
+
+    @property
+    def seconds(self) -> int:
+        return int(self.value)
+
+    @property
+    def width(self) -> timedelta:
+        return timedelta(seconds=self.value)
+
+    @property
+    def default_span(self) -> timedelta:
+        """How far back a query without `from` reaches."""
+        return DEFAULT_SPANS[self]
+
+    def floor(self, moment: datetime) -> datetime:
+        """The start of the bucket holding `moment`."""
+        seconds = int((moment - EPOCH).total_seconds() // self.seconds) * self.seconds
+        return EPOCH + timedelta(seconds=seconds)
+
+    def ceil(self, moment: datetime) -> datetime:
+        """The first bucket boundary at or after `moment`."""
+        start = self.floor(moment)
+        return start if start == moment else start + self.width
+
+
+DEFAULT_SPANS = {
+    Interval.FIVE_MINUTES: timedelta(hours=24),
+    Interval.HOUR: timedelta(days=30),
+    Interval.DAY: timedelta(days=365),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CandleRow:
+    bucket_start: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal | None
+    observations: int
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What a candle needs of one price row."""
+
+    id: int
+    source: str
+    observed_at: datetime
+    price_usd: Decimal
+    open_usd: Decimal | None
+    high_usd: Decimal | None
+    low_usd: Decimal | None
+    volume_24h_usd: Decimal | None
+
+    @classmethod
+    def of(cls, row: Any) -> Observation:
+        """From any row or object with these attributes (a result row, a `PriceRow`)."""
+        return cls(
+            id=row.id,
+            source=row.source,
+            observed_at=row.observed_at,
+            price_usd=row.price_usd,
+            open_usd=row.open_usd,
+            high_usd=row.high_usd,
+            low_usd=row.low_usd,
+            volume_24h_usd=row.volume_24h_usd,
+        )
+
+    @property
+    def order(self) -> tuple[datetime, int]:
+        return (self.observed_at, self.id)
+
+
+def aggregate(bucket_start: datetime, observations: Iterable[Observation]) -> CandleRow:
+    """One candle from the observations of its bucket (at least one), as the SQL computes it."""
+    rows = sorted(observations, key=lambda o: o.order)
+    if not rows:
+        raise ValueError("a candle needs at least one observation")
+
+    def high(o: Observation) -> Decimal:
+        return o.price_usd if o.high_usd is None else o.high_usd
+
+    def low(o: Observation) -> Decimal:
+        return o.price_usd if o.low_usd is None else o.low_usd
+
+    first, last = rows[0], rows[-1]
+    # min()/max() keep the first of equal keys: the earliest observation, as the SQL ties do.
+    highest = max(rows, key=high)
+    lowest = min(rows, key=low)
+    reported = [o.volume_24h_usd for o in rows if o.volume_24h_usd is not None]
+    return CandleRow(
+        bucket_start=bucket_start,
+        open=first.price_usd if first.open_usd is None else first.open_usd,
+        high=high(highest),
+        low=low(lowest),
+        close=last.price_usd,
+        volume=reported[-1] if reported else None,
+        observations=len(rows),
+        sources=tuple(sorted({o.source for o in rows})),
+    )
+
+
+def _bucket(dialect: str, seconds: int) -> ColumnElement[int]:
+    """Epoch seconds of the bucket start, computed in SQL (timezone-independent)."""
+    width = literal_column(str(seconds), BigInteger)
+    if dialect == "sqlite":
+        # observed_at is naive-UTC text; strftime('%s') reads it as UTC. Integer division floors.
+        epoch = cast(func.strftime("%s", prices.c.observed_at), Integer)
+        return (epoch // width) * width
+    return cast(func.floor(extract("epoch", prices.c.observed_at) / width), BigInteger) * width
+
+
+def _magnitude(dialect: str, value: ColumnElement[Any]) -> ColumnElement[Any]:
+    """What to order prices by: SQLite stores them as text, so compare them as numbers there.
+
+    The chosen row's exact decimal is returned either way; on SQLite two prices equal to double
+    precision (15-17 digits) tie and the earlier observation wins.
+    """
+    return cast(value, Float) if dialect == "sqlite" else value
+
+
+def _sources(dialect: str, source: ColumnElement[str]) -> ColumnElement[str]:
+    if dialect == "sqlite":
+        return func.group_concat(source.distinct())
+    return func.string_agg(source.distinct(), literal_column("','"))
+
+
+def candle_query(
+    dialect: str,
+    *,
+    asset_id: int,
+    interval: Interval,
+    start: datetime,
+    end: datetime,
+    source: str | None,
+) -> Select[Any]:
+    """Candles of one asset for buckets in [start, end), oldest first, aggregated in SQL."""
+    conditions = [
+        prices.c.asset_id == asset_id,
+        prices.c.observed_at >= start,
+        prices.c.observed_at < end,
+    ]
+    if source is not None:
+        conditions.append(prices.c.source == source)
+    obs = (
+        select(
+            prices.c.id,
+            prices.c.source,
+            prices.c.observed_at,
+            prices.c.price_usd.label("close_v"),
+            func.coalesce(prices.c.open_usd, prices.c.price_usd).label("open_v"),
+            func.coalesce(prices.c.high_usd, prices.c.price_usd).label("high_v"),
+            func.coalesce(prices.c.low_usd, prices.c.price_usd).label("low_v"),
+            prices.c.volume_24h_usd.label("volume_v"),
+            _bucket(dialect, interval.seconds).label("bucket"),
+        )
+        .where(*conditions)
+        .subquery("obs")
+    )
+    earliest = (obs.c.observed_at.asc(), obs.c.id.asc())
+    latest = (obs.c.observed_at.desc(), obs.c.id.desc())
+
+    def first(value: ColumnElement[Any], *order: ColumnElement[Any]) -> ColumnElement[Decimal]:
+        return func.first_value(value).over(partition_by=obs.c.bucket, order_by=order)
+
+    ranked = select(
+        obs.c.bucket,
+        obs.c.source,
+        first(obs.c.open_v, *earliest).label("open"),
+        first(obs.c.close_v, *latest).label("close"),
+        first(obs.c.high_v, _magnitude(dialect, obs.c.high_v).desc(), *earliest).label("high"),
+        first(obs.c.low_v, _magnitude(dialect, obs.c.low_v).asc(), *earliest).label("low"),
+        first(
+            obs.c.volume_v,
+            case((obs.c.volume_v.is_(None), literal_column("1")), else_=literal_column("0")),
+            *latest,
+        ).label("volume"),
+    ).subquery("ranked")
+    exact = ExactDecimal()
+    # The window values are constant within a bucket: grouping by them keeps them as they are.
+    values = (ranked.c.open, ranked.c.high, ranked.c.low, ranked.c.close, ranked.c.volume)
+    return (
+        select(
+            ranked.c.bucket,
+            *(type_coerce(value, exact).label(value.name) for value in values),
+            func.count().label("observations"),
+            _sources(dialect, ranked.c.source).label("sources"),
+        )
+        .group_by(ranked.c.bucket, *values)
+        .order_by(ranked.c.bucket)
+    )
+
+
+async def candles_sql(
+    conn: AsyncConnection,
+    *,
+    asset_id: int,
+    interval: Interval,
+    start: datetime,
+    end: datetime,
+    source: str | None,
+) -> list[CandleRow]:
+    """Candles of one asset for buckets in [start, end), oldest first (one statement)."""
+    query = candle_query(
+        conn.dialect.name,
+        asset_id=asset_id,
+        interval=interval,
+        start=start,
+        end=end,
+        source=source,
+    )
+    return [
+        CandleRow(
+            bucket_start=EPOCH + timedelta(seconds=int(row.bucket)),
+            open=row.open,
+            high=row.high,
+            low=row.low,
+            close=row.close,
+            volume=row.volume,
+            observations=int(row.observations),
+            sources=tuple(sorted(row.sources.split(","))),
+        )
+        for row in await conn.execute(query)
+    ]
+
+
+async def observations_since(
+    conn: AsyncConnection, *, asset_id: int, start: datetime, source: str | None
+) -> Sequence[Observation]:
+    """The observations of one asset at or after `start` (of one source, or all)."""
+    query = select(
+        prices.c.id,
+        prices.c.source,
+        prices.c.observed_at,
+        prices.c.price_usd,
+        prices.c.open_usd,
+        prices.c.high_usd,
+        prices.c.low_usd,
+        prices.c.volume_24h_usd,
+    ).where(prices.c.asset_id == asset_id, prices.c.observed_at >= start)
+    if source is not None:
+        query = query.where(prices.c.source == source)
+    return [Observation.of(row) for row in await conn.execute(query)]

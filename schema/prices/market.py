@@ -1,0 +1,171 @@
+"""Market reads: the newest price per asset and source, and candles. Both are hot: they are
+answered from the process's price cache when it is ready, and from SQL otherwise."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated
+
+import strawberry
+from strawberry.types import Info
+
+from schema.assets.query import ambiguous_symbol, assets_with_symbol, parse_asset_id
+from schema.context import Context
+from schema.errors import UserError
+from schema.prices.candles import CandleRow, Interval, candles_sql
+from schema.prices.latest import latest_rows
+from schema.prices.query import validate_sources
+from schema.prices.types import Price
+
+MAX_CANDLE_BUCKETS = 1000
+
+# The GraphQL enum CandleInterval is `Interval` itself (FIVE_MINUTES, HOUR, DAY).
+CandleInterval = strawberry.enum(
+    Interval,
+    name="CandleInterval",
+    description="Candle widths; buckets are aligned on the Unix epoch in UTC.",
+)
+
+
+@strawberry.type(description="Open/high/low/close of one asset over one bucket.")
+class Candle:
+    bucket_start: datetime
+    open: Decimal = strawberry.field(
+        description="The first observation's price (its open, when it is a candle row)."
+    )
+    high: Decimal = strawberry.field(
+        description="The highest price (candle rows count with their own high)."
+    )
+    low: Decimal = strawberry.field(
+        description="The lowest price (candle rows count with their own low)."
+    )
+    close: Decimal = strawberry.field(description="The last observation's price.")
+    volume: Decimal | None = strawberry.field(
+        description="The 24h volume (USD) last reported in the bucket: a rolling 24-hour figure "
+        "as the source reports it, not what traded inside the bucket. Null when no observation "
+        "in the bucket reports volume."
+    )
+    observations: int = strawberry.field(description="How many observations the bucket holds.")
+    sources: list[str] = strawberry.field(description="The sources of those, by name.")
+
+    @classmethod
+    def from_row(cls, row: CandleRow) -> Candle:
+        return cls(
+            bucket_start=row.bucket_start,
+            open=row.open,
+            high=row.high,
+            low=row.low,
+            close=row.close,
+            volume=row.volume,
+            observations=row.observations,
+            sources=list(row.sources),
+        )
+
+
+def one_source(source: str | None) -> str | None:
+    """`source` checked and normalized (UNKNOWN_SOURCE), or None."""
+    names = validate_sources(None if source is None else [source])
+    return names[0] if names else None
+
+
+def candle_range(
+    interval: Interval, from_: datetime | None, to: datetime | None, now: datetime
+) -> tuple[datetime, datetime]:
+    """[start, end) in whole buckets: the bucket holding `from` up to the one before `to`.
+
+    By default `to` is the end of the current bucket and `from` reaches the interval's default
+    span back (24 hours of 5-minute candles, 30 days of hourly, a year of daily ones).
+    """
+    if from_ is not None and to is not None and from_ >= to:
+        raise UserError("`from` must be before `to`", code="BAD_DATE_RANGE")
+    end = interval.ceil(to) if to is not None else interval.floor(now) + interval.width
+    start = interval.floor(from_ if from_ is not None else (to or now) - interval.default_span)
+    buckets = int((end - start) / interval.width)
+    if buckets > MAX_CANDLE_BUCKETS:
+        raise UserError(
+            f"{buckets} {interval.name} buckets requested; at most {MAX_CANDLE_BUCKETS} are "
+            "returned: narrow `from`/`to` or use a wider interval",
+            code="TOO_MANY_BUCKETS",
+            maximum=MAX_CANDLE_BUCKETS,
+            requested=buckets,
+        )
+    return start, end
+
+
+async def _asset_id(context: Context, symbol: str, asset: strawberry.ID | None) -> int:
+    """The one asset named by `symbol` (or the one of them `asset` picks)."""
+    wanted = None if asset is None else parse_asset_id(asset)
+    named = context.price_cache.assets_named(symbol)
+    if named is None or (wanted is not None and wanted not in {name.id for name in named}):
+        async with context.engine.connect() as conn:
+            rows = await assets_with_symbol(conn, symbol)
+        pairs: list[tuple[int, str]] = [(int(row.id), str(row.slug)) for row in rows]
+    else:
+        pairs = [(name.id, name.slug) for name in named]
+    if wanted is not None:
+        if wanted not in {asset_id for asset_id, _ in pairs}:
+            raise UserError(f"asset {asset} does not have symbol {symbol!r}", code="UNKNOWN_SYMBOL")
+        return wanted
+    if not pairs:
+        raise UserError(f"no asset has symbol {symbol!r}", code="UNKNOWN_SYMBOL")
+    if len(pairs) > 1:
+        raise ambiguous_symbol(symbol, [slug for _, slug in pairs])
+    return pairs[0][0]
+
+
+@strawberry.type
+class MarketQuery:
+    @strawberry.field(
+        description="The newest observation per asset and source, by symbol, asset and source. "
+        "Symbols are case-insensitive."
+    )
+    async def latest_prices(
+        self,
+        info: Info[Context, None],
+        symbols: list[str] | None = None,
+        sources: list[str] | None = None,
+    ) -> list[Price]:
+        context = info.context
+        names = validate_sources(sources)
+        rows = context.price_cache.latest(symbols=symbols, sources=names)
+        if rows is None:
+            async with context.engine.connect() as conn:
+                rows = await latest_rows(conn, symbols=symbols, sources=names)
+        return [Price.from_row(row) for row in rows]
+
+    @strawberry.field(
+        description="Candles of one asset, oldest first, aggregated across sources unless "
+        f"`source` is given. At most {MAX_CANDLE_BUCKETS} buckets; `from`/`to` are widened to "
+        "whole buckets (`to` exclusive); buckets without observations are left out. A symbol "
+        "naming several assets is an AMBIGUOUS_SYMBOL error: pick one with `asset`."
+    )
+    async def candles(
+        self,
+        info: Info[Context, None],
+        symbol: str,
+        interval: Interval,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        to: datetime | None = None,
+        source: str | None = None,
+        asset: strawberry.ID | None = None,
+    ) -> list[Candle]:
+        context = info.context
+        source_name = one_source(source)
+        now = datetime.now(UTC)
+        start, end = candle_range(interval, from_, to, now)
+        asset_id = await _asset_id(context, symbol, asset)
+        rows = await context.price_cache.candles(
+            asset_id=asset_id, interval=interval, source=source_name, start=start, end=end, now=now
+        )
+        if rows is None:
+            async with context.engine.connect() as conn:
+                rows = await candles_sql(
+                    conn,
+                    asset_id=asset_id,
+                    interval=interval,
+                    start=start,
+                    end=end,
+                    source=source_name,
+                )
+        return [Candle.from_row(row) for row in rows]

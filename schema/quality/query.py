@@ -1,0 +1,123 @@
+"""Queries about data quality: schema drift and anomalies, newest first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import strawberry
+from sqlalchemy import ColumnElement, Select, String, Table, func, select
+from strawberry.types import Info
+
+from schema.context import Context
+from schema.pagination import Keyset, PageArgs, PageInfo, fetch_page, parse_int, parse_time
+from schema.prices.query import validate_sources
+from schema.quality.types import (
+    Anomaly,
+    AnomalyConnection,
+    AnomalyEdge,
+    DriftEvent,
+    DriftEventConnection,
+    DriftEventEdge,
+)
+from server.tables import anomalies, drift_events
+
+
+@dataclass(frozen=True, slots=True)
+class NewestFirst:
+    """Keyset order (detected_at, id) descending, as each database can compare it exactly.
+
+    On SQLite a time is text, and a row stamped by the server default (`2024-05-01 12:00:00`)
+    would not equal the same instant bound from a cursor (`2024-05-01 12:00:00.000000`), so
+    there the order is on the time normalized by SQLite itself (milliseconds; ties by id).
+    """
+
+    table: Table
+    kind: str
+
+    def keyset(self, dialect: str) -> Keyset:
+        if dialect == "sqlite":
+            return Keyset(self.kind, (self._sqlite_time, self.table.c.id), True, _TEXT_ID)
+        return Keyset(self.kind, (self.table.c.detected_at, self.table.c.id), True, _TIME_ID)
+
+    def query(self, dialect: str) -> Select[Any]:
+        if dialect == "sqlite":
+            return select(self.table, self._sqlite_time.label("sort_time"))
+        return select(self.table, self.table.c.detected_at.label("sort_time"))
+
+    @property
+    def _sqlite_time(self) -> ColumnElement[str]:
+        return func.strftime("%Y-%m-%d %H:%M:%f", self.table.c.detected_at, type_=String)
+
+
+def parse_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+_TIME_ID = (parse_time, parse_int)
+_TEXT_ID = (parse_text, parse_int)
+DRIFT_ORDER = NewestFirst(drift_events, "drift:t-")
+ANOMALIES_ORDER = NewestFirst(anomalies, "anomalies:t-")
+
+
+def sort_key(row: Any) -> tuple[Any, ...]:
+    return (row.sort_time, row.id)
+
+
+def _of_source(query: Select[Any], table: Table, source: str | None) -> Select[Any]:
+    names = validate_sources(None if source is None else [source])
+    return query if names is None else query.where(table.c.source == names[0])
+
+
+async def _page(
+    info: Info[Context, None],
+    order: NewestFirst,
+    source: str | None,
+    first: int | None,
+    after: str | None,
+) -> tuple[list[tuple[str, Any]], PageInfo, Select[Any]]:
+    """(cursor, row) of a page newest first, its pageInfo, and the count query of all rows."""
+    page = PageArgs.of(
+        first=first,
+        after=after,
+        last=None,
+        before=None,
+        max_size=info.context.settings.max_page_size,
+    )
+    dialect = info.context.engine.dialect.name
+    keyset = order.keyset(dialect)
+    query = _of_source(order.query(dialect), order.table, source)
+    async with info.context.engine.connect() as conn:
+        result = await fetch_page(conn, query, keyset, page, sort_key)
+    count_query = _of_source(select(func.count()).select_from(order.table), order.table, source)
+    rows = [(keyset.cursor(sort_key(row)), row) for row in result.rows]
+    return rows, result.page_info, count_query
+
+
+@strawberry.type
+class QualityQuery:
+    @strawberry.field(description="Detected changes in what sources send, newest first.")
+    async def drift_events(
+        self,
+        info: Info[Context, None],
+        first: int | None = None,
+        after: str | None = None,
+        source: str | None = None,
+    ) -> DriftEventConnection:
+        rows, page_info, count_query = await _page(info, DRIFT_ORDER, source, first, after)
+        edges = [DriftEventEdge(cursor=c, node=DriftEvent.from_row(row)) for c, row in rows]
+        return DriftEventConnection(edges=edges, page_info=page_info, count_query=count_query)
+
+    @strawberry.field(description="Statistical outliers of runs and prices, newest first.")
+    async def anomalies(
+        self,
+        info: Info[Context, None],
+        first: int | None = None,
+        after: str | None = None,
+        source: str | None = None,
+    ) -> AnomalyConnection:
+        rows, page_info, count_query = await _page(info, ANOMALIES_ORDER, source, first, after)
+        edges = [AnomalyEdge(cursor=c, node=Anomaly.from_row(row)) for c, row in rows]
+        return AnomalyConnection(edges=edges, page_info=page_info, count_query=count_query)

@@ -1,0 +1,43 @@
+"""Watching what the app does to its database, and waiting for background work."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+@contextmanager
+def recorded_statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """Every SQL statement `engine` sends while the block runs, in order."""
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    sync_engine = engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", record)
+
+
+def selects(statements: list[str]) -> list[str]:
+    return [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+
+
+async def eventually(
+    predicate: Callable[[], bool], *, timeout: float = 5.0, what: str = "condition"
+) -> None:
+    """Wait until `predicate()` holds, polling; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
