@@ -174,12 +174,27 @@ async def _override(settings: Settings, apply: Any) -> Any:
     engine = create_engine(settings)
     try:
         async with engine.begin() as conn:
-            return await apply(conn)
+            result = await apply(conn)
+        await _announce_resync(settings)
+        return result
     except OverrideError as exc:
         typer.secho(f"kasparro: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
     finally:
         await engine.dispose()
+
+
+async def _announce_resync(settings: Settings) -> None:
+    """Prices changed asset outside a commit event: servers' caches reload (via Redis; an
+    embedded server in another process reloads on its next restart)."""
+    from server.broker import create_broker
+    from workers.pipeline.runs import PRICES_CHANNEL, publish
+
+    broker = create_broker(settings.redis_url)
+    try:
+        await publish(broker, PRICES_CHANNEL, {"type": "resync", "reason": "identity override"})
+    finally:
+        await broker.close()
 
 
 def _print_override(result: Any) -> None:

@@ -102,7 +102,8 @@ def price_ids(data: bytes) -> list[int]:
     """The price ids of a published commit; ValueError when the message is not one."""
     try:
         payload = json.loads(data)
-        return [int(price["id"]) for price in payload["prices"]]
+        ids = [int(price["id"]) for price in payload["prices"]]
+        return ids + [int(price_id) for price_id in payload.get("updated_ids", ())]
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"unreadable price event: {exc!r}") from None
 

@@ -390,3 +390,32 @@ async def test_what_the_pipeline_publishes_is_what_sql_answers(
 
         await cache.stop()
         assert await ok(client, query) == from_memory
+
+
+async def test_a_corrected_price_reaches_the_cache_as_an_update(
+    engine: AsyncEngine, tmp_path: Any
+) -> None:
+    settings = app_settings(engine)
+    file = tmp_path / "coin_Bitcoin.csv"
+    async with running_app(settings) as (app, client):
+        cache = await cache_of(app)
+
+        async def ingest(rows: list[str]) -> Any:
+            file.write_text("\n".join([KAGGLE_HEADER, *rows]) + "\n")
+            async with open_runtime(settings, engine=engine, broker=app.state.broker) as runtime:
+                return await run_source(runtime, "csv", trigger="test", path=str(file))
+
+        rows = kaggle_rows(0, 3)
+        await ingest(rows)
+        await eventually(lambda: cache.applied == 1, what="the first commit")
+        before = (await ok(client, LATEST))["latestPrices"][0]["priceUsd"]
+        corrected = rows[-1].split(",")
+        corrected[7] = "12345.5"  # Close: the price
+        result = await ingest([*rows[:-1], ",".join(corrected)])
+        assert (result.counts["inserted"], result.counts["updated"]) == (0, 1)
+        await eventually(lambda: cache.applied == 2, what="the update event")
+        with recorded_statements(app.state.engine) as statements:
+            after = (await ok(client, LATEST))["latestPrices"][0]["priceUsd"]
+        assert statements == []
+        assert before != "12345.5"
+        assert after == "12345.5"

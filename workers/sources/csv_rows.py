@@ -19,6 +19,11 @@ from workers.sources.csv_layout import CsvLayout, split_pair
 
 OPTIONAL_FIELDS = ("open_usd", "high_usd", "low_usd", "volume_24h_usd", "market_cap_usd")
 _ASSET_CACHE_LIMIT = 100_000
+# The fields every record is given (PriceRecord(**fields) marks them set), besides the optional
+# numbers the file has a column for.
+_GIVEN_FIELDS = frozenset(
+    {"source_asset_id", "symbol", "name", "observed_at", "price_usd", "extra"}
+)
 
 
 class RowAsset(NamedTuple):
@@ -66,6 +71,34 @@ def cell_time(value: object, *, field: str = "time") -> datetime | None:
     return to_utc(value, field=field, naive_is_utc=True)
 
 
+def validated_record(fields: dict[str, Any], fields_set: set[str]) -> PriceRecord:
+    """A PriceRecord from every field's value, each already checked and of its type.
+
+    RowParser checks each value as it converts it (aware UTC time, finite Decimals), so
+    validating the record again only repeats that, and it was the largest cost of a row.
+    `PriceRecord.model_construct` skips validation but loops over the fields in Python, which
+    costs more still; this does what it does, for a model without aliases, defaults to fill,
+    private attributes or post-init hook (else the record is validated).
+    """
+    if not _CONSTRUCTIBLE:
+        return PriceRecord(**fields)
+    record = _new_record(PriceRecord)
+    _set(record, "__dict__", fields)
+    _set(record, "__pydantic_fields_set__", fields_set)
+    _set(record, "__pydantic_extra__", None)
+    _set(record, "__pydantic_private__", None)
+    return record
+
+
+_new_record = PriceRecord.__new__
+_set = object.__setattr__
+_CONSTRUCTIBLE = not (
+    PriceRecord.__pydantic_post_init__
+    or PriceRecord.__private_attributes__
+    or any(f.alias or f.validation_alias for f in PriceRecord.model_fields.values())
+)
+
+
 class RowParser:
     """Parses the rows of files that share one layout."""
 
@@ -86,6 +119,7 @@ class RowParser:
         if len(layout.mapping.volume_candidates) > 1 and "volume_24h_usd" in columns:
             self.base_extra["volume_column"] = columns["volume_24h_usd"]
         self._assets: dict[tuple[str | None, str | None], RowAsset | str] = {}
+        self._fields_set = _GIVEN_FIELDS | {f for f, _ in self.optional}
 
     def parse(self, payload: Mapping[str, Any]) -> PriceRecord:
         """The row as a validated price; RecordError with the reason otherwise."""
@@ -93,30 +127,36 @@ class RowParser:
         if len(payload) > self.width:
             raise RecordError(f"row has {len(payload)} cells, the header has {self.width}")
         asset = self._asset(payload)
-        observed, price, values = self._values(get)
+        fields: dict[str, Any] = {
+            "source_asset_id": asset.source_asset_id,
+            "symbol": asset.symbol,
+            "name": asset.name,
+            "observed_at": None,
+            "price_usd": None,
+            "market_cap_usd": None,
+            "volume_24h_usd": None,
+            "open_usd": None,
+            "high_usd": None,
+            "low_usd": None,
+            "extra": None,
+        }
+        self._values(get, fields)
         extra = {key: value for key in self.extra_keys if (value := get(key))}
         if self.base_extra:
             extra.update(self.base_extra)
         if asset.quote:
             extra["quote"] = asset.quote
-        return PriceRecord(
-            source_asset_id=asset.source_asset_id,
-            symbol=asset.symbol,
-            name=asset.name,
-            observed_at=observed,
-            price_usd=price,
-            extra=extra,
-            **values,
-        )
+        fields["extra"] = extra
+        return validated_record(fields, set(self._fields_set))
 
-    def _values(self, get: Callable[[str], Any]) -> tuple[Any, Decimal, dict[str, Any]]:
+    def _values(self, get: Callable[[str], Any], fields: dict[str, Any]) -> None:
+        """The time, the price and the optional numbers of the row into `fields`."""
         number = self.number
-        values: dict[str, Any] = {}
         try:
-            observed = cell_time(get(self.time_key), field=self.time_key)
-            price = number(get(self.price_key), field=self.price_key)
+            observed = fields["observed_at"] = cell_time(get(self.time_key), field=self.time_key)
+            price = fields["price_usd"] = number(get(self.price_key), field=self.price_key)
             for field_name, key in self.optional:
-                value = values[field_name] = number(get(key), field=key)
+                value = fields[field_name] = number(get(key), field=key)
                 if value is not None and value < 0:
                     raise RecordError(f"{key}: {value} is negative")
         except ValueError as exc:
@@ -127,7 +167,6 @@ class RowParser:
             raise RecordError(f"{self.price_key}: no price ({get(self.price_key)!r})")
         if price <= 0:
             raise RecordError(f"{self.price_key}: price {price} is not positive")
-        return observed, price, values
 
     def _asset(self, payload: Mapping[str, Any]) -> RowAsset:
         key = (

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks (not tests): `python -m bench.<name>`."""
