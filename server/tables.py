@@ -50,10 +50,13 @@ def utcnow() -> datetime:
 RUN_STATUSES = ("queued", "running", "succeeded", "partial", "failed")
 
 
-def _created() -> Column[object]:
-    return Column(
-        "created_at", UTCDateTime(), nullable=False, default=utcnow, server_default=func.now()
-    )
+def _stamped(name: str) -> Column[datetime]:
+    """A required time set on insert (from Python, with the database's clock as a fallback)."""
+    return Column(name, UTCDateTime(), nullable=False, default=utcnow, server_default=func.now())
+
+
+def _created() -> Column[datetime]:
+    return _stamped("created_at")
 
 
 def _run_fk(*, nullable: bool = True) -> Column[int]:
@@ -99,13 +102,7 @@ etl_runs = Table(
     Column("source", String(32), nullable=False),
     Column("trigger", String(32), nullable=False),
     Column("status", String(16), nullable=False, server_default="running"),
-    Column(
-        "started_at",
-        UTCDateTime(),
-        nullable=False,
-        default=utcnow,
-        server_default=func.now(),
-    ),
+    _stamped("started_at"),
     Column("finished_at", UTCDateTime()),
     Column("fetched", Integer, nullable=False, server_default="0"),
     Column("inserted", Integer, nullable=False, server_default="0"),
@@ -133,13 +130,7 @@ raw_records = Table(
     Column("origin", String(500), nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("payload", JSONDocument, nullable=False),
-    Column(
-        "fetched_at",
-        UTCDateTime(),
-        nullable=False,
-        default=utcnow,
-        server_default=func.now(),
-    ),
+    _stamped("fetched_at"),
     Index(None, "source", "content_hash"),
     Index(None, "run_id"),
 )
@@ -162,13 +153,7 @@ prices = Table(
     _run_fk(),
     Column("raw_record_id", BigId, ForeignKey("raw_records.id", ondelete="SET NULL")),
     Column("origin", String(500)),
-    Column(
-        "ingested_at",
-        UTCDateTime(),
-        nullable=False,
-        default=utcnow,
-        server_default=func.now(),
-    ),
+    _stamped("ingested_at"),
     Column("updated_at", UTCDateTime()),
     UniqueConstraint("asset_id", "source", "observed_at"),
     # Keyset pages: all prices by time, one asset by time, one source by time.
@@ -186,13 +171,7 @@ checkpoints = Table(
     Column("stream", String(500), nullable=False, server_default=text("''")),
     Column("state", JSONDocument, nullable=False),
     _run_fk(),
-    Column(
-        "updated_at",
-        UTCDateTime(),
-        nullable=False,
-        default=utcnow,
-        server_default=func.now(),
-    ),
+    _stamped("updated_at"),
     UniqueConstraint("source", "stream"),
 )
 
@@ -223,13 +202,7 @@ drift_events = Table(
     Column("confidence", Float),
     Column("action", String(16), nullable=False),  # auto_mapped, quarantined, ignored, recorded
     Column("detail", JSONDocument),
-    Column(
-        "detected_at",
-        UTCDateTime(),
-        nullable=False,
-        default=utcnow,
-        server_default=func.now(),
-    ),
+    _stamped("detected_at"),
     Index(None, "source", "detected_at"),
     Index(None, "detected_at", "id"),
 )
@@ -248,13 +221,7 @@ anomalies = Table(
     Column("expected", ExactDecimal()),
     Column("score", Float),
     Column("detail", JSONDocument),
-    Column(
-        "detected_at",
-        UTCDateTime(),
-        nullable=False,
-        default=utcnow,
-        server_default=func.now(),
-    ),
+    _stamped("detected_at"),
     Index(None, "detected_at", "id"),
     Index(None, "source", "kind"),
 )

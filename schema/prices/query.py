@@ -11,27 +11,12 @@ from strawberry.types import Info
 from schema.context import Context
 from schema.errors import UnknownSource, UserError
 from schema.pagination import Keyset, PageArgs, fetch_page, parse_int, parse_time
+from schema.prices.latest import ROW_COLUMNS
 from schema.prices.types import Price, PriceConnection, PriceEdge, PriceFilter, PriceOrder
 from server.settings import KNOWN_SOURCES
 from server.tables import assets, prices
 
-PRICE_COLUMNS = (
-    prices.c.id,
-    prices.c.asset_id,
-    prices.c.source,
-    prices.c.observed_at,
-    prices.c.price_usd,
-    prices.c.market_cap_usd,
-    prices.c.volume_24h_usd,
-    prices.c.open_usd,
-    prices.c.high_usd,
-    prices.c.low_usd,
-    prices.c.run_id,
-    prices.c.origin,
-    prices.c.ingested_at,
-    prices.c.updated_at,
-    assets.c.symbol,
-)
+PRICE_COLUMNS = ROW_COLUMNS
 
 _TIME_ID = (parse_time, parse_int)
 KEYSETS = {
