@@ -12,9 +12,11 @@ from schema.assets.query import AssetsQuery
 from schema.extensions import ErrorPolicy, ResponseMeta
 from schema.prices.market import MarketQuery
 from schema.prices.query import PricesQuery
+from schema.prices.subscription import PricesSubscription
 from schema.quality.query import QualityQuery
 from schema.runs.mutation import RunsMutation
 from schema.runs.query import RunsQuery
+from schema.runs.subscription import RunsSubscription
 from schema.scalars import SCALAR_MAP
 from schema.system.query import SystemQuery
 from server.limits import protection_extensions
@@ -24,6 +26,7 @@ Query = merge_types(
     "Query", (PricesQuery, MarketQuery, AssetsQuery, SystemQuery, RunsQuery, QualityQuery)
 )
 Mutation = merge_types("Mutation", (RunsMutation,))
+Subscription = merge_types("Subscription", (PricesSubscription, RunsSubscription))
 
 
 class Schema(strawberry.Schema):
@@ -43,6 +46,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     return Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=[ErrorPolicy, ResponseMeta, *limits],
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
     )
