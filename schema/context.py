@@ -17,6 +17,7 @@ from server.settings import Settings
 if TYPE_CHECKING:
     # Only for the annotation: the cache's module imports what imports this one.
     from schema.prices.cache import PriceCache
+    from server.live.hub import LiveHub
 
 
 @dataclass(slots=True)
@@ -32,3 +33,7 @@ class Context:
     loaders: Loaders
     queue: JobQueue
     price_cache: PriceCache
+    # The process's live hub (subscriptions); None where no app runs one.
+    live: LiveHub | None = None
+    # The API key a WebSocket client sent in connection_init (HTTP keys are in the headers).
+    api_key: str | None = None

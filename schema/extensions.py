@@ -61,29 +61,31 @@ class ErrorPolicy(SchemaExtension):
         result = self.execution_context.result
         errors = getattr(result, "errors", None)
         if result is not None and errors:
-            result.errors = [self._classify(error) for error in errors]
+            result.errors = [classify_error(error) for error in errors]
 
-    def _classify(self, error: GraphQLError) -> GraphQLError:
-        original = error.original_error
-        if original is None or (
-            error.path is None and isinstance(original, ValueError | TypeError | GraphQLError)
-        ):
-            # Parsing, validation and variable coercion: the client's request, not our code.
-            return _with_code(error, _validation_code(error.message))
-        if isinstance(original, UserError):
-            return _with_code(error, original.code, **original.extensions)
-        if _is_unavailable(original):
-            log.warning("dependency unavailable", error=str(original).splitlines()[0][:200])
-            unavailable = ServiceUnavailable(
-                "the database or broker is unavailable; retry in a few seconds"
-            )
-            return _replace(error, str(unavailable), unavailable.code)
-        log.error("unexpected error in resolver", exc_info=original, path=error.path)
-        return _replace(
-            error,
-            f"Internal server error (request {current_request_id()})",
-            "INTERNAL_SERVER_ERROR",
+
+def classify_error(error: GraphQLError) -> GraphQLError:
+    """`error` with its `extensions.code`; an unexpected one masked (and logged)."""
+    original = error.original_error
+    if original is None or (
+        error.path is None and isinstance(original, ValueError | TypeError | GraphQLError)
+    ):
+        # Parsing, validation and variable coercion: the client's request, not our code.
+        return _with_code(error, _validation_code(error.message))
+    if isinstance(original, UserError):
+        return _with_code(error, original.code, **original.extensions)
+    if _is_unavailable(original):
+        log.warning("dependency unavailable", error=str(original).splitlines()[0][:200])
+        unavailable = ServiceUnavailable(
+            "the database or broker is unavailable; retry in a few seconds"
         )
+        return _replace(error, str(unavailable), unavailable.code)
+    log.error("unexpected error in resolver", exc_info=original, path=error.path)
+    return _replace(
+        error,
+        f"Internal server error (request {current_request_id()})",
+        "INTERNAL_SERVER_ERROR",
+    )
 
 
 def _validation_code(message: str) -> str:

@@ -8,6 +8,7 @@ so an oversized POST costs one read, and is answered 413.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 from urllib.parse import unquote_plus
@@ -15,7 +16,9 @@ from urllib.parse import unquote_plus
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from graphql import ASTValidationRule
 from strawberry.extensions import (
+    AddValidationRules,
     DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
@@ -54,6 +57,26 @@ def protection_extensions(settings: Settings) -> list[Callable[[], SchemaExtensi
     if not settings.introspection:
         factories.append(DisableIntrospection)
     return factories
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentLimits:
+    """The same limits, for code that parses and validates a document itself (the WebSocket
+    subscription path): parse options and the extra validation rules."""
+
+    max_length: int
+    max_tokens: int
+    rules: tuple[type[ASTValidationRule], ...]
+
+
+def document_limits(settings: Settings) -> DocumentLimits:
+    """What `protection_extensions(settings)` enforces, as parse options and rules."""
+    rules: list[type[ASTValidationRule]] = []
+    for factory in protection_extensions(settings):
+        extension = factory()
+        if isinstance(extension, AddValidationRules):
+            rules.extend(extension.validation_rules)
+    return DocumentLimits(settings.max_query_bytes, settings.max_tokens, tuple(rules))
 
 
 def error_response(

@@ -42,6 +42,7 @@ class RequestIdMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            # A WebSocket's frames go straight through: no wrapper costs on every message.
+            await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
         finally:
             _request_id.reset(token)

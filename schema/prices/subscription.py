@@ -1,14 +1,15 @@
-"""priceUpdates: each newly inserted price, live, resumable from a Price.cursor without gaps.
+"""priceUpdates and priceBatches: newly inserted prices, live, resumable from a Price.cursor.
 
-The broker is subscribed to first, then the database is read: a price committed in between is
-either replayed or received live, and live prices at or below the last id yielded are skipped, so
-the hand-off has no gap and no duplicate. A broker `Gap` replays from the database again.
+Both are streams of the live hub (server.live): it reads each commit's new rows once per process
+and hands them to every subscription; this module says which rows a subscription wants, how they
+become messages (one price each, or one list per commit), and how to replay from the database
+what came after a cursor. The hub makes the hand-off from replay to live exact (no gap, no
+duplicate) by price id, which follows commit order.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import strawberry
@@ -18,16 +19,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.types import Info
 
 from schema.context import Context
-from schema.errors import UserError
+from schema.errors import ServiceUnavailable, UserError
 from schema.pagination import decode_cursor, parse_int
 from schema.prices.latest import ROW_COLUMNS, PriceRow
 from schema.prices.query import validate_sources
 from schema.prices.types import INGEST_CURSOR, Price
-from server.broker import Gap
+from server.live.hub import PriceCommit
+from server.live.streams import PRICES_TOPIC, Item, Stream
+from server.live.values import values
 from server.tables import assets, prices
-from workers.pipeline.runs import PRICES_CHANNEL
 
-# Rows per database read when replaying.
+# Rows per database read when replaying (and prices per replayed priceBatches message).
 REPLAY_PAGE = 500
 
 
@@ -35,15 +37,17 @@ class PriceFilterSet:
     """The subscription's filters, checked in SQL (replay) and in Python (live rows)."""
 
     def __init__(self, symbols: list[str] | None, sources: list[str] | None) -> None:
-        self.symbols = None if symbols is None else {symbol.upper() for symbol in symbols}
-        self.sources = None if sources is None else set(sources)
+        self.symbols = None if symbols is None else frozenset(s.upper() for s in symbols)
+        self.sources = None if sources is None else frozenset(sources)
 
-    def wants_source(self, source: Any) -> bool:
-        return self.sources is None or (isinstance(source, str) and source in self.sources)
+    @property
+    def key(self) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+        return (self.symbols, self.sources)
 
     def matches(self, row: PriceRow) -> bool:
-        symbol_ok = self.symbols is None or row.symbol.upper() in self.symbols
-        return symbol_ok and self.wants_source(row.source)
+        return (self.symbols is None or row.symbol.upper() in self.symbols) and (
+            self.sources is None or row.source in self.sources
+        )
 
     def conditions(self) -> list[ColumnElement[bool]]:
         found: list[ColumnElement[bool]] = []
@@ -54,10 +58,10 @@ class PriceFilterSet:
         return found
 
 
-async def replay(
+async def replay_rows(
     engine: AsyncEngine, after_id: int, where: PriceFilterSet
-) -> AsyncIterator[PriceRow]:
-    """Every stored price with id > `after_id` matching `where`, in id order, page by page."""
+) -> AsyncIterator[list[PriceRow]]:
+    """Every stored price with id > `after_id` matching `where`, in id order, a page at a time."""
     last = after_id
     while True:
         query = (
@@ -69,41 +73,86 @@ async def replay(
         )
         async with engine.connect() as conn:
             rows = [PriceRow.of(row) for row in await conn.execute(query)]
-        for row in rows:
-            yield row
+        if rows:
+            yield rows
         if len(rows) < REPLAY_PAGE:
             return
         last = rows[-1].id
 
 
-async def newest_id(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        return int(await conn.scalar(select(func.max(prices.c.id))) or 0)
+class PriceStream(Stream):
+    """The prices a priceUpdates (one per message) or priceBatches (a list per commit)
+    subscription wants."""
 
+    topic = PRICES_TOPIC
 
-def inserted_ids(data: bytes, where: PriceFilterSet) -> list[int]:
-    """The ids of newly inserted prices in a published commit that may match `where`; [] for
-    any other message (a resync notice, something unreadable)."""
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        return []
-    if not isinstance(payload, dict) or not isinstance(payload.get("prices"), list):
-        return []
-    if not where.wants_source(payload.get("source")) and payload.get("source") is not None:
-        return []
-    ids: list[int] = []
-    for price in payload["prices"]:
+    def __init__(self, where: PriceFilterSet, after: int | None, *, batches: bool) -> None:
+        self.where = where
+        self.batches = batches
+        self._after = after
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any], *, batches: bool) -> PriceStream:
+        """From the field's arguments; UserError for an unknown source or a bad cursor."""
+        where = PriceFilterSet(arguments.get("symbols"), validate_sources(arguments.get("sources")))
+        return cls(where, after_id(arguments.get("after")), batches=batches)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.where.key, self.batches)
+
+    @property
+    def resume_after(self) -> int | None:
+        return self._after
+
+    def select(self, event: Any) -> list[Item]:
+        if not isinstance(event, PriceCommit):
+            return []
+        where = self.where
+        if where.symbols is None and where.sources is None:
+            rows = event.rows
+        else:
+            rows = [row for row in event.rows if where.matches(row)]
+        return self._items(rows)
+
+    def trim(self, item: Item, after: int) -> Item | None:
+        if not self.batches:
+            return item if item.first is not None and item.first > after else None
+        kept = [price for price in item.value if int(price.id) > after]
+        if not kept:
+            return None
+        return Item(kept, int(kept[0].id), int(kept[-1].id))
+
+    async def replay(self, engine: AsyncEngine, after: int) -> AsyncIterator[Item]:
         try:
-            ids.append(int(price["id"]))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return ids
+            async for rows in replay_rows(engine, after, self.where):
+                for item in self._items(rows):
+                    yield item
+        except UserError:
+            raise
+        except Exception as exc:
+            raise ServiceUnavailable(
+                f"could not replay prices from the database: {str(exc).splitlines()[0][:200]}"
+            ) from exc
+
+    def _items(self, rows: list[PriceRow]) -> list[Item]:
+        if not rows:
+            return []
+        if self.batches:
+            return [Item([Price.from_row(row) for row in rows], rows[0].id, rows[-1].id)]
+        return [Item(Price.from_row(row), row.id, row.id) for row in rows]
+
+
+def price_updates_stream(arguments: Mapping[str, Any]) -> PriceStream:
+    return PriceStream.of(arguments, batches=False)
+
+
+def price_batches_stream(arguments: Mapping[str, Any]) -> PriceStream:
+    return PriceStream.of(arguments, batches=True)
 
 
 def client_error(error: UserError) -> GraphQLError:
-    """`error` with its code in `extensions`: the schema's ErrorPolicy classifies the result of
-    an operation, not each event of a stream, so a subscription's arguments are reported so."""
+    """`error` with its code in `extensions`, for errors raised while a subscription starts."""
     extensions = {**error.extensions, "code": error.code}
     return GraphQLError(str(error), extensions=extensions, original_error=error)
 
@@ -113,6 +162,17 @@ def after_id(cursor: str | None) -> int | None:
         return None
     (price_id,) = decode_cursor(INGEST_CURSOR, cursor, (parse_int,))
     return int(price_id)
+
+
+def _arguments(symbols: list[str] | None, sources: list[str] | None, after: str | None) -> Any:
+    return {"symbols": symbols, "sources": sources, "after": after}
+
+
+def _live(info: Info[Context, None]) -> Any:
+    hub = info.context.live
+    if hub is None:
+        raise ServiceUnavailable("live subscriptions are not running in this process")
+    return hub
 
 
 @strawberry.type
@@ -129,28 +189,29 @@ class PricesSubscription:
         after: str | None = None,
     ) -> AsyncGenerator[Price, None]:
         try:
-            where = PriceFilterSet(symbols, validate_sources(sources))
-            # The highest id already yielded (or resumed from); live prices at or below it are
-            # duplicates of the replay.
-            last = after_id(after)
+            stream = price_updates_stream(_arguments(symbols, sources, after))
+            hub = _live(info)
         except UserError as exc:
             raise client_error(exc) from None
-        engine = info.context.engine
-        async with info.context.broker.subscribe(PRICES_CHANNEL) as subscription:
-            # Where a Gap replays from when nothing was yielded yet.
-            start = last if last is not None else await newest_id(engine)
-            if last is not None:
-                async for row in replay(engine, last, where):
-                    last = row.id
-                    yield Price.from_row(row)
-            async for event in subscription:
-                # Price ids are handed out in commit order (workers.pipeline.load), so when an
-                # event arrives every lower id is committed: reading "after the last id sent"
-                # from the database delivers events that arrive out of order exactly once.
-                if not isinstance(event, Gap) and not any(
-                    last is None or i > last for i in inserted_ids(event.data, where)
-                ):
-                    continue
-                async for row in replay(engine, last if last is not None else start, where):
-                    last = row.id
-                    yield Price.from_row(row)
+        async for price in values(hub, stream):
+            yield price
+
+    @strawberry.subscription(
+        description="The prices matching the filters that one ingestion commit inserted, in "
+        "one message (a burst of prices is one frame). With `after`, the stored prices after it "
+        "come first, in messages of up to 500, then live ones: no gap, no duplicate."
+    )
+    async def price_batches(
+        self,
+        info: Info[Context, None],
+        symbols: list[str] | None = None,
+        sources: list[str] | None = None,
+        after: str | None = None,
+    ) -> AsyncGenerator[list[Price], None]:
+        try:
+            stream = price_batches_stream(_arguments(symbols, sources, after))
+            hub = _live(info)
+        except UserError as exc:
+            raise client_error(exc) from None
+        async for batch in values(hub, stream):
+            yield batch

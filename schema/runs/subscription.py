@@ -1,32 +1,62 @@
-"""etlRunEvents: each run event published on the "runs" channel, optionally for one source."""
+"""etlRunEvents: each run as it is queued, started or finished, optionally for one source.
+
+A stream of the live hub's "runs" topic (the etl_runs rows workers publish after each change).
+Run events are live only: the etlRuns query is their history.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.types import Info
 
 from schema.context import Context
-from schema.errors import UserError
+from schema.errors import ServiceUnavailable, UserError
 from schema.prices.query import validate_sources
 from schema.prices.subscription import client_error
 from schema.runs.types import EtlRun
-from server.broker import Message
-from workers.pipeline.runs import RUNS_CHANNEL
+from server.live.streams import RUNS_TOPIC, Item, Stream
+from server.live.values import values
 
 
-def run_payload(data: bytes) -> dict[str, Any] | None:
-    """The published etl_runs row, or None when the message is not one."""
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        return None
-    if not isinstance(payload, dict) or "id" not in payload or "source" not in payload:
-        return None
-    return payload
+class RunStream(Stream):
+    topic = RUNS_TOPIC
+    resume_after = None
+
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any]) -> RunStream:
+        source = arguments.get("source")
+        if source is None:
+            return cls(None)
+        (name,) = validate_sources([source]) or [source]
+        return cls(name)
+
+    @property
+    def key(self) -> str | None:
+        return self.source
+
+    def select(self, event: Any) -> list[Item]:
+        if not isinstance(event, dict) or "id" not in event or "source" not in event:
+            return []
+        if self.source is not None and event["source"] != self.source:
+            return []
+        try:
+            return [Item(EtlRun.from_row(event))]
+        except (AssertionError, KeyError, TypeError, ValueError):
+            return []
+
+    def trim(self, item: Item, after: int) -> Item | None:
+        return item
+
+    async def replay(self, engine: AsyncEngine, after: int) -> AsyncIterator[Item]:
+        return
+        yield  # an async generator that yields nothing
 
 
 @strawberry.type
@@ -36,18 +66,11 @@ class RunsSubscription:
         self, info: Info[Context, None], source: str | None = None
     ) -> AsyncGenerator[EtlRun, None]:
         try:
-            wanted = None if source is None else validate_sources([source])
+            stream = RunStream.of({"source": source})
+            hub = info.context.live
+            if hub is None:
+                raise ServiceUnavailable("live subscriptions are not running in this process")
         except UserError as exc:
             raise client_error(exc) from None
-        async with info.context.broker.subscribe(RUNS_CHANNEL) as subscription:
-            async for event in subscription:
-                if not isinstance(event, Message):
-                    continue  # a Gap: run events are not replayed
-                payload = run_payload(event.data)
-                if payload is None or (wanted is not None and payload["source"] not in wanted):
-                    continue
-                try:
-                    run = EtlRun.from_row(payload)
-                except (AssertionError, KeyError, TypeError, ValueError):
-                    continue
-                yield run
+        async for run in values(hub, stream):
+            yield run

@@ -56,6 +56,11 @@ class MemoryBroker:
         for subscription in subscriptions:
             subscription.finish()
 
+    def subscriptions(self, channels: tuple[str, ...] | None = None) -> set[MemorySubscription]:
+        """The open subscriptions to any of `channels` (None: to any channel)."""
+        names = self._subscribers.keys() if channels is None else channels
+        return {s for name in names for s in self._subscribers.get(name, ())}
+
     def attach(self, subscription: MemorySubscription) -> None:
         """Register `subscription` for its channels (called by the subscription)."""
         if self._closed:
@@ -130,6 +135,15 @@ class MemorySubscription:
             self._drain()
             self._queue.put_nowait(Gap(reason="overflow"))
         self._queue.put_nowait(message)
+
+    def deliver_gap(self, gap: Gap) -> None:
+        """Queue `gap` (messages may have been missed upstream) without waiting."""
+        if self._finished:
+            return
+        if self._queue.qsize() >= self._maxsize:
+            self._drain()
+            gap = Gap(gap.channel, "overflow")
+        self._queue.put_nowait(gap)
 
     def finish(self) -> None:
         """End the iteration: pending events are dropped, readers get StopAsyncIteration."""

@@ -3,35 +3,16 @@ from a Price.cursor without gap or duplicate, clean errors, and run events by so
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.applications import Starlette
 
 from schema.pagination import encode_cursor
 from schema.prices.types import INGEST_CURSOR, ingest_cursor
-from server.app import create_app
-from server.settings import Settings
-from server.tables import prices
 from tests.schema.conftest import app_settings
-from tests.support.seed import seed_assets, seed_prices
-from workers.pipeline.runs import PRICES_CHANNEL, publish
-
-with warnings.catch_warnings():
-    # Starlette asks for `httpx2`; its TestClient works the same on the installed httpx.
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient, WebSocketTestSession
-
-T0 = datetime(2024, 5, 1, tzinfo=UTC)
-_clock = itertools.count()
+from tests.support.live_app import T0, Live, next_data, run_in_app
+from tests.support.seed import seed_assets
+from workers.pipeline.runs import PRICES_CHANNEL
 
 PRICE_UPDATES = """
 subscription($symbols: [String!], $sources: [String!], $after: String) {
@@ -44,99 +25,6 @@ subscription($symbols: [String!], $sources: [String!], $after: String) {
 RUN_EVENTS = """
 subscription($source: String) { etlRunEvents(source: $source) { id source status startedAt } }
 """
-
-
-class Live:
-    """The app running in a TestClient, with helpers that run on the app's own event loop."""
-
-    def __init__(self, client: TestClient, app: Starlette) -> None:
-        self.client = client
-        self.app = app
-
-    def insert(self, asset_id: int, source: str, *prices_usd: str) -> list[int]:
-        """Commit prices (one per price, a minute apart) and return their ids, oldest first."""
-
-        async def run() -> list[int]:
-            engine: AsyncEngine = self.app.state.engine
-            async with engine.connect() as conn:
-                before = int(
-                    await conn.scalar(select(prices.c.id).order_by(prices.c.id.desc()).limit(1))
-                    or 0
-                )
-            rows = [
-                (asset_id, source, T0 + timedelta(minutes=next(_clock)), Decimal(p))
-                for p in prices_usd
-            ]
-            await seed_prices(engine, rows)
-            async with engine.connect() as conn:
-                result = await conn.execute(
-                    select(prices.c.id).where(prices.c.id > before).order_by(prices.c.id)
-                )
-                return [int(row.id) for row in result]
-
-        assert self.client.portal is not None
-        return self.client.portal.call(run)
-
-    def publish(self, channel: str, payload: Any) -> None:
-        """Publish as the pipeline does (after the commit)."""
-        assert self.client.portal is not None
-        self.client.portal.call(publish, self.app.state.broker, channel, payload)
-
-    def listeners(self, channel: str) -> int:
-        """How many subscriptions `channel` has now (a no-op message every reader ignores)."""
-        assert self.client.portal is not None
-        count = self.client.portal.call(self.app.state.broker.publish, channel, b'{"type":"noop"}')
-        return int(count)
-
-    def publish_prices(self, source: str, ids: list[int]) -> None:
-        event = {"run_id": None, "source": source, "prices": [{"id": i} for i in ids]}
-        self.publish(PRICES_CHANNEL, event)
-
-    @contextmanager
-    def subscribe(
-        self, query: str, variables: dict[str, Any], channel: str = PRICES_CHANNEL
-    ) -> Iterator[WebSocketTestSession]:
-        """A graphql-transport-ws subscription, handed over once it listens on the broker."""
-        with self.client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
-            ws.send_json({"type": "connection_init"})
-            assert ws.receive_json()["type"] == "connection_ack"
-            baseline = self.listeners(channel)
-            payload = {"query": query, "variables": variables}
-            ws.send_json({"id": "1", "type": "subscribe", "payload": payload})
-            for _ in range(500):
-                if self.listeners(channel) > baseline:
-                    break
-                assert self.client.portal is not None
-                self.client.portal.call(asyncio.sleep, 0.01)
-            else:
-                raise AssertionError("the subscription never listened on the broker")
-            yield ws
-            ws.send_json({"id": "1", "type": "complete"})
-
-
-def next_data(ws: WebSocketTestSession) -> dict[str, Any]:
-    message = ws.receive_json()
-    assert message["type"] == "next", message
-    assert "errors" not in message["payload"], message
-    data: dict[str, Any] = message["payload"]["data"]
-    return data
-
-
-@contextmanager
-def live_app(settings: Settings) -> Iterator[Live]:
-    app = create_app(settings)
-    with TestClient(app) as client:
-        yield Live(client, app)
-
-
-def run_in_app(settings: Settings, scenario: Any) -> Any:
-    """`scenario(live)` in a worker thread, so the TestClient's loop does not block the test's."""
-
-    def body() -> Any:
-        with live_app(settings) as live:
-            return scenario(live)
-
-    return asyncio.to_thread(body)
 
 
 async def test_price_updates_deliver_live_prices_matching_the_filters(engine: AsyncEngine) -> None:
@@ -278,7 +166,7 @@ async def test_run_events_are_delivered_for_the_source_asked(engine: AsyncEngine
         }
 
     def scenario(live: Live) -> None:
-        with live.subscribe(RUN_EVENTS, {"source": "csv"}, channel=RUNS_CHANNEL) as ws:
+        with live.subscribe(RUN_EVENTS, {"source": "csv"}) as ws:
             live.publish(RUNS_CHANNEL, run(1, "coingecko", "running"))
             live.publish(RUNS_CHANNEL, run(2, "csv", "running"))
             live.publish(RUNS_CHANNEL, run(2, "csv", "succeeded"))
@@ -287,5 +175,32 @@ async def test_run_events_are_delivered_for_the_source_asked(engine: AsyncEngine
         assert (first["id"], first["source"], first["status"]) == ("2", "csv", "RUNNING")
         assert first["startedAt"] == "2024-05-01T00:00:00Z"
         assert second["status"] == "SUCCEEDED"
+
+    await run_in_app(app_settings(engine), scenario)
+
+
+async def test_a_gap_delivers_the_prices_whose_announcements_were_lost(engine: AsyncEngine) -> None:
+    """Redis dropped the announcements (a restart): the Gap that follows the reconnect makes the
+    hub read what was committed meanwhile, and every subscriber gets it once, in order."""
+    from server.broker import Gap
+
+    btc = (await seed_assets(engine, ("bitcoin", "BTC", "Bitcoin")))["bitcoin"]
+
+    def scenario(live: Live) -> None:
+        with live.subscribe(PRICE_UPDATES, {"symbols": ["BTC"]}) as ws:
+            lost = live.insert(btc, "coingecko", "1", "2") + live.insert(btc, "csv", "3")
+
+            def gap() -> None:
+                for subscription in live.app.state.broker.subscriptions():
+                    subscription.deliver_gap(Gap(None, "reconnected"))
+
+            live.call(gap)  # on the app's event loop
+            got = [int(next_data(ws)["priceUpdates"]["id"]) for _ in lost]
+            assert got == lost
+            # The late announcement of the same commit repeats nothing.
+            live.publish_prices("coingecko", lost)
+            sentinel = live.insert(btc, "coingecko", "4")
+            live.publish_prices("coingecko", sentinel)
+            assert int(next_data(ws)["priceUpdates"]["id"]) == sentinel[0]
 
     await run_in_app(app_settings(engine), scenario)

@@ -1,0 +1,260 @@
+"""Parsing, validating and executing subscription documents for the shared (fan-out) path.
+
+The WebSocket endpoint runs queries and mutations through Strawberry as usual. A subscription
+to a field the hub streams is prepared here instead: parsed and validated once per distinct
+document (with the same limits as HTTP requests), its variables coerced once, and then its
+selection is executed once per item for all the subscribers that share it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from inspect import isawaitable
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLSchema,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    VariableNode,
+    get_operation_ast,
+    parse,
+    specified_rules,
+    validate,
+)
+from graphql.execution import Executor, execute_subscription_event
+from graphql.execution.values import get_argument_values
+
+from schema.extensions import classify_error
+from server.limits import DocumentLimits
+from server.live.hub import Renderer
+
+# Distinct documents kept parsed and validated.
+DOCUMENT_CACHE_SIZE = 512
+
+
+class RequestError(Exception):
+    """The request cannot run: `errors` say why (already classified, with codes)."""
+
+    def __init__(self, errors: list[GraphQLError]) -> None:
+        super().__init__(errors[0].message if errors else "invalid request")
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One `subscribe` payload, checked to have the right shape."""
+
+    query: str
+    variables: dict[str, Any]
+    operation_name: str | None
+
+    @classmethod
+    def of(cls, payload: Any) -> Request:
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("query"), str):
+            raise RequestError([_client_error("the payload must have a `query` string")])
+        variables = payload.get("variables") or {}
+        name = payload.get("operationName")
+        if not isinstance(variables, Mapping):
+            raise RequestError([_client_error("`variables` must be an object")])
+        if name is not None and not isinstance(name, str):
+            raise RequestError([_client_error("`operationName` must be a string")])
+        return cls(payload["query"], dict(variables), name or None)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A parsed, validated document and the operation the request names."""
+
+    document: DocumentNode
+    operation: OperationDefinitionNode
+
+    @property
+    def is_subscription(self) -> bool:
+        return self.operation.operation == OperationType.SUBSCRIPTION
+
+
+class Documents:
+    """Parses and validates documents against one schema, with a small LRU cache."""
+
+    def __init__(self, schema: GraphQLSchema, limits: DocumentLimits) -> None:
+        self.schema = schema
+        self.limits = limits
+        self._rules = (*specified_rules, *limits.rules)
+        self._cache: OrderedDict[str, DocumentNode | list[GraphQLError]] = OrderedDict()
+
+    def prepare(self, request: Request) -> Prepared:
+        """The request's document and operation; RequestError when it cannot run."""
+        document = self._document(request.query)
+        operation = get_operation_ast(document, request.operation_name)
+        if operation is None:
+            name = request.operation_name
+            message = (
+                f"unknown operation named {name!r}"
+                if name
+                else "the document must name the operation to run (operationName)"
+            )
+            raise RequestError([_client_error(message)])
+        return Prepared(document, operation)
+
+    def _document(self, query: str) -> DocumentNode:
+        cached = self._cache.get(query)
+        if cached is None:
+            cached = self._parse_and_validate(query)
+            self._cache[query] = cached
+            if len(self._cache) > DOCUMENT_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(query)
+        if isinstance(cached, list):
+            raise RequestError(cached)
+        return cached
+
+    def _parse_and_validate(self, query: str) -> DocumentNode | list[GraphQLError]:
+        if len(query.encode()) > self.limits.max_length:
+            return [
+                _client_error(
+                    f"the document is above the maximum query size of "
+                    f"{self.limits.max_length} bytes",
+                    "QUERY_TOO_LARGE",
+                )
+            ]
+        try:
+            document = parse(query, max_tokens=self.limits.max_tokens)
+        except GraphQLError as error:
+            return [classify_error(error)]
+        errors = validate(self.schema, document, self._rules)
+        if errors:
+            return [classify_error(error) for error in errors]
+        return document
+
+
+@dataclass(frozen=True, slots=True)
+class RootField:
+    """The one root field of a subscription, with its coerced arguments."""
+
+    name: str
+    arguments: dict[str, Any]
+    executor: Executor[Any]
+
+
+def root_field(
+    schema: GraphQLSchema, prepared: Prepared, request: Request, context: Any
+) -> RootField:
+    """Coerce the variables once (an executor for the per-item executions) and read the root
+    field's arguments; RequestError for bad variables."""
+    built = Executor.build(
+        schema,
+        prepared.document,
+        context_value=context,
+        raw_variable_values=request.variables,
+        operation_name=request.operation_name,
+    )
+    if isinstance(built, list):
+        raise RequestError([classify_error(error) for error in built])
+    fragments = {
+        definition.name.value: definition
+        for definition in prepared.document.definitions
+        if isinstance(definition, FragmentDefinitionNode)
+    }
+    node = _first_field(prepared.operation.selection_set, fragments)
+    subscription_type = schema.subscription_type
+    # Both guaranteed by validation.
+    assert node is not None
+    assert subscription_type is not None
+    definition = subscription_type.fields[node.name.value]
+    try:
+        arguments = get_argument_values(definition, node, built.variable_values)
+    except GraphQLError as error:
+        raise RequestError([classify_error(error)]) from None
+    return RootField(node.name.value, arguments, built)
+
+
+def sharing_key(prepared: Prepared, request: Request, resume_argument: str = "after") -> str:
+    """Requests with equal keys render every live item identically: the document, the operation
+    and the variables, except a variable used only as the resume argument."""
+    skip = _resume_variable(prepared, request.query, resume_argument)
+    variables = {name: value for name, value in request.variables.items() if name != skip}
+    return json.dumps(
+        [request.query, request.operation_name, variables],
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+
+
+class SelectionRenderer(Renderer):
+    """Executes the operation's selection with an item as root value; serialized once."""
+
+    def __init__(self, executor: Executor[Any], refresh: Callable[[], None] | None = None) -> None:
+        self.executor = executor
+        self._refresh = refresh
+
+    def refresh(self) -> None:
+        if self._refresh is not None:
+            self._refresh()
+
+    async def render(self, value: Any) -> str:
+        result = execute_subscription_event(self.executor.build_per_event_executor(value))
+        if isawaitable(result):
+            result = await result
+        return result_json(result)
+
+
+def result_json(result: ExecutionResult, *, classify: bool = True) -> str:
+    """The `payload` of a `next` message: data, and errors with their codes."""
+    body: dict[str, Any] = {"data": result.data}
+    if result.errors:
+        errors = [classify_error(e) for e in result.errors] if classify else result.errors
+        body["errors"] = [error.formatted for error in errors]
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def _client_error(message: str, code: str = "BAD_REQUEST") -> GraphQLError:
+    return GraphQLError(message, extensions={"code": code})
+
+
+def _first_field(
+    selection_set: SelectionSetNode, fragments: Mapping[str, FragmentDefinitionNode]
+) -> FieldNode | None:
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            if selection.name.value != "__typename":
+                return selection
+        elif isinstance(selection, InlineFragmentNode):
+            found = _first_field(selection.selection_set, fragments)
+            if found is not None:
+                return found
+        elif isinstance(selection, FragmentSpreadNode):
+            fragment = fragments.get(selection.name.value)
+            if fragment is not None:
+                found = _first_field(fragment.selection_set, fragments)
+                if found is not None:
+                    return found
+    return None
+
+
+def _resume_variable(prepared: Prepared, query: str, argument: str) -> str | None:
+    """The variable passed as the root field's `argument`, when it appears nowhere else."""
+    node = _first_field(prepared.operation.selection_set, {})
+    if node is None:
+        return None
+    for arg in node.arguments or ():
+        if arg.name.value == argument and isinstance(arg.value, VariableNode):
+            name = arg.value.name.value
+            # Declared once and used once: "$name" appears exactly twice in the document.
+            if len(re.findall(rf"\${re.escape(name)}(?![_0-9A-Za-z])", query)) == 2:
+                return name
+    return None

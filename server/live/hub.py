@@ -1,0 +1,373 @@
+"""The live hub: one broker subscription per process, fanned out to every local subscription.
+
+Workers publish after each commit: on "prices" the ids a commit inserted, on "runs" an etl_runs
+row. The hub reads each commit's new rows from the database once per process (not once per
+subscriber) and hands them to the feeds. A feed is every subscription with the same selection and
+the same filters: it executes the selection once per item, serializes the result once, and gives
+that text to each of its subscribers, which only wrap it in their own message id.
+
+Exactly once, in order: price ids are handed out in commit order, so when a commit is announced
+every lower id is committed too. The hub remembers the highest id it has read and always reads
+"after it": an announcement lost or late (Redis restarting, a `Gap`) is caught up by the next
+read, and one that arrives after its rows were read costs nothing. Each subscriber remembers the
+highest id it was sent and skips anything at or below it, which makes the hand-off from a replay
+(`after: <cursor>`) to live items exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schema.prices.latest import ROW_COLUMNS, PriceRow
+from server.broker import Broker, Gap
+from server.broker.redis import backoff_delays
+from server.live.streams import PRICES_TOPIC, RUNS_TOPIC, Item, Stream
+from server.tables import assets, prices
+from workers.pipeline.runs import PRICES_CHANNEL, RUNS_CHANNEL
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# Rows per database read when catching up after a Gap.
+READ_PAGE = 10_000
+# Live items a subscriber may hold back while it replays from the database.
+MAX_PENDING = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class PriceCommit:
+    """The rows one commit inserted (or, after a Gap, one page of what may have been missed)."""
+
+    rows: list[PriceRow]
+
+
+class Overflow(Exception):
+    """A subscriber fell too far behind; it is closed and told why."""
+
+
+class Subscriber:
+    """One subscription's place in a feed. `push` is called for every live item (with the
+    feed's rendered payload, None for a feed without renderer) and must not block."""
+
+    __slots__ = ("closed", "feed", "last", "live", "pending")
+
+    def __init__(self) -> None:
+        self.feed: Feed | None = None
+        # The highest price id sent (or resumed after): anything at or below it is skipped.
+        self.last: int | None = None
+        self.live = False
+        self.pending: deque[Item] = deque()
+        self.closed = False
+
+    def push(self, item: Item, payload: str | None) -> None:
+        raise NotImplementedError
+
+    def overflow(self, reason: str) -> None:
+        """Called once when the subscriber fell too far behind."""
+        raise NotImplementedError
+
+
+class Renderer:
+    """Executes a subscription's selection for one item and serializes the result."""
+
+    async def render(self, value: Any) -> str:
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        """Called before each event's items are rendered (fresh per-event state, if any)."""
+
+
+class Feed:
+    """Subscriptions with the same stream key and the same renderer key share one feed."""
+
+    __slots__ = ("hub", "key", "renderer", "stream", "subscribers")
+
+    def __init__(self, hub: LiveHub, key: Hashable, stream: Stream, renderer: Renderer | None):
+        self.hub = hub
+        self.key = key
+        self.stream = stream
+        self.renderer = renderer
+        # A dict keeps insertion order and removes in O(1).
+        self.subscribers: dict[Subscriber, None] = {}
+
+    async def render(self, item: Item) -> str | None:
+        return None if self.renderer is None else await self.renderer.render(item.value)
+
+    async def dispatch(self, event: Any) -> int:
+        """Offer the items of `event` to every subscriber; returns the messages queued."""
+        items = self.stream.select(event)
+        if not items:
+            return 0
+        if self.renderer is not None:
+            self.renderer.refresh()
+        queued = 0
+        for item in items:
+            shared: str | None = None
+            rendered = False
+            # A snapshot: rendering may await, and subscribers come and go meanwhile.
+            for sub in tuple(self.subscribers):
+                if sub.closed:
+                    continue
+                if not sub.live:
+                    if len(sub.pending) >= MAX_PENDING:
+                        sub.overflow(f"more than {MAX_PENDING} live messages arrived during replay")
+                    else:
+                        sub.pending.append(item)
+                    continue
+                last = sub.last
+                if last is not None and item.first is not None and item.first <= last:
+                    # Partly or wholly sent already (the hand-off after a replay).
+                    trimmed = self.stream.trim(item, last)
+                    if trimmed is None:
+                        continue
+                    sub.push(trimmed, await self.render(trimmed))
+                    sub.last = trimmed.last
+                else:
+                    if not rendered:
+                        shared = await self.render(item)
+                        rendered = True
+                    sub.push(item, shared)
+                    if item.last is not None:
+                        sub.last = item.last
+                queued += 1
+        return queued
+
+
+class LiveHub:
+    """Per process: reads the broker's "prices" and "runs" channels once and feeds the feeds."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        broker: Broker,
+        *,
+        on_delivered: Callable[[str, int], None] | None = None,
+        on_received: Callable[[str], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.broker = broker
+        self._feeds: dict[Hashable, Feed] = {}
+        self._topics: dict[str, dict[Feed, None]] = {PRICES_TOPIC: {}, RUNS_TOPIC: {}}
+        self._last: int | None = None  # the highest price id read (or skipped while idle)
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._on_delivered = on_delivered
+        self._on_received = on_received
+
+    async def start(self) -> None:
+        """Subscribe to the broker, then learn the newest price id (retried while the database
+        is down: the server starts anyway)."""
+        if self._task is None:
+            subscribed = asyncio.get_running_loop().create_future()
+            self._task = asyncio.create_task(self._run(subscribed), name="live-hub")
+            await asyncio.shield(subscribed)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for feed in list(self._feeds.values()):
+            for sub in list(feed.subscribers):
+                sub.closed = True
+        self._feeds.clear()
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(feed.subscribers) for feed in self._feeds.values())
+
+    # ---- subscriptions ----
+
+    def join(
+        self,
+        sub: Subscriber,
+        stream: Stream,
+        renderer_key: Hashable,
+        make_renderer: Callable[[], Renderer | None],
+    ) -> Feed:
+        """Add `sub` to the feed of (`stream.key`, `renderer_key`), made on first use."""
+        key = (stream.topic, stream.key, renderer_key)
+        feed = self._feeds.get(key)
+        if feed is None:
+            feed = Feed(self, key, stream, make_renderer())
+            self._feeds[key] = feed
+            self._topics[stream.topic][feed] = None
+        feed.subscribers[sub] = None
+        sub.feed = feed
+        return feed
+
+    def leave(self, sub: Subscriber) -> None:
+        """Remove `sub` from its feed; the feed goes when its last subscriber does."""
+        sub.closed = True
+        feed, sub.feed = sub.feed, None
+        if feed is None:
+            return
+        feed.subscribers.pop(sub, None)
+        if not feed.subscribers and self._feeds.get(feed.key) is feed:
+            del self._feeds[feed.key]
+            self._topics[feed.stream.topic].pop(feed, None)
+
+    async def replayed(self, sub: Subscriber) -> AsyncIterator[Item]:
+        """What `sub` must be sent before it goes live, in order: every stored item after its
+        `after` cursor, then the live items that arrived meanwhile and the replay did not cover.
+        `sub` is live when the iteration ends (at once when it does not resume)."""
+        feed = sub.feed
+        assert feed is not None
+        after = feed.stream.resume_after
+        if after is None:
+            sub.live = True
+            return
+        sub.last = after
+        async for item in feed.stream.replay(self.engine, after):
+            if sub.closed:
+                return
+            yield item
+            if item.last is not None:
+                sub.last = item.last
+        # Items that arrive while the caller awaits are appended and taken by this same loop;
+        # the switch to live happens with nothing pending, without awaiting in between.
+        while sub.pending and not sub.closed:
+            item = sub.pending.popleft()
+            last = sub.last
+            if last is not None and item.first is not None and item.first <= last:
+                trimmed = feed.stream.trim(item, last)
+                if trimmed is None:
+                    continue
+                item = trimmed
+            yield item
+            if item.last is not None:
+                sub.last = item.last
+        sub.live = True
+
+    # ---- the broker side ----
+
+    async def _run(self, subscribed: asyncio.Future[None]) -> None:
+        try:
+            async with self.broker.subscribe(PRICES_CHANNEL, RUNS_CHANNEL) as events:
+                subscribed.set_result(None)
+                self._last = await self._retry("read the newest price id", self._newest_id)
+                self._ready.set()
+                async for event in events:
+                    await self._handle(event)
+        except BaseException as exc:
+            if not subscribed.done():
+                subscribed.set_exception(exc)
+            raise
+
+    async def _handle(self, event: Any) -> None:
+        if self._on_received is not None and not isinstance(event, Gap):
+            self._on_received(event.channel)
+        if isinstance(event, Gap):
+            if event.channel in (None, PRICES_CHANNEL):
+                await self._read_prices(None, None)
+            return
+        if event.channel == RUNS_CHANNEL:
+            payload = _json(event.data)
+            if isinstance(payload, dict):
+                await self._dispatch(RUNS_TOPIC, payload)
+            return
+        payload = _json(event.data)
+        ids = _inserted_ids(payload)
+        if not ids:
+            return
+        newest = max(ids)
+        if self._last is not None and newest <= self._last:
+            return  # already read (announced late, or twice)
+        if not self._topics[PRICES_TOPIC]:
+            self._last = newest  # nobody listens: nothing to read
+            return
+        await self._read_prices(set(ids), newest)
+
+    async def _read_prices(self, announced: set[int] | None, upto: int | None) -> None:
+        """Read every price after the last one read (up to `upto`) and dispatch it: the rows
+        `announced` by the event as one commit, any earlier ones it reveals as another."""
+        while self._topics[PRICES_TOPIC]:
+            after = self._last or 0
+
+            async def read(after: int = after) -> list[PriceRow]:
+                return await self._rows_after(after, upto)
+
+            rows = await self._retry("read new prices", read)
+            if not rows:
+                return
+            self._last = rows[-1].id
+            if announced is None:
+                await self._dispatch(PRICES_TOPIC, PriceCommit(rows))
+            else:
+                earlier = [row for row in rows if row.id not in announced]
+                if earlier:
+                    await self._dispatch(PRICES_TOPIC, PriceCommit(earlier))
+                ours = [row for row in rows if row.id in announced]
+                if ours:
+                    await self._dispatch(PRICES_TOPIC, PriceCommit(ours))
+            if len(rows) < READ_PAGE:
+                return
+
+    async def _dispatch(self, topic: str, event: Any) -> None:
+        for feed in tuple(self._topics[topic]):
+            try:
+                queued = await feed.dispatch(event)
+            except Exception:
+                log.exception("live feed failed to dispatch", topic=topic)
+                continue
+            if queued and self._on_delivered is not None:
+                self._on_delivered(topic, queued)
+
+    async def _rows_after(self, after: int, upto: int | None) -> list[PriceRow]:
+        query = (
+            select(*ROW_COLUMNS)
+            .join_from(prices, assets, assets.c.id == prices.c.asset_id)
+            .where(prices.c.id > after)
+            .order_by(prices.c.id)
+            .limit(READ_PAGE)
+        )
+        if upto is not None:
+            query = query.where(prices.c.id <= upto)
+        async with self.engine.connect() as conn:
+            return [PriceRow.of(row) for row in await conn.execute(query)]
+
+    async def _newest_id(self) -> int:
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(select(func.max(prices.c.id))) or 0)
+
+    async def _retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """`operation()`, retried with backoff while the database is unreachable."""
+        delays = backoff_delays(initial=0.1, cap=5.0)
+        while True:
+            try:
+                return await operation()
+            except Exception as exc:
+                log.warning("live hub retrying", action=what, error=str(exc)[:200])
+                await asyncio.sleep(next(delays))
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _inserted_ids(payload: Any) -> list[int]:
+    """The ids of the prices a commit inserted, from a "prices" message; [] for any other."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("prices"), list):
+        return []
+    ids: list[int] = []
+    for price in payload["prices"]:
+        try:
+            ids.append(int(price["id"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return ids
