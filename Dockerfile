@@ -1,11 +1,23 @@
 # syntax=docker/dockerfile:1
 #
 # Stages:
+#   graphiql GraphiQL's pinned npm assets (`npm ci` of server/web/graphiql), so /graphql
+#            works offline; only the files server/web/graphiql.py serves reach the wheel
 #   builder  installs the project (a wheel built from this checkout) into /opt/venv
 #   test     the source tree + `.[test]` + redis-server, runs pytest (docker compose --profile test)
 #   runtime  the default (last) stage: python:3.12-slim, /opt/venv only, non-root, `kasparro serve`
 
 ARG PYTHON_IMAGE=python:3.12-slim
+ARG NODE_IMAGE=node:22-bookworm-slim
+
+# ---------------------------------------------------------------------------------------------
+FROM ${NODE_IMAGE} AS graphiql
+
+WORKDIR /assets
+COPY server/web/graphiql/package.json server/web/graphiql/package-lock.json \
+    server/web/graphiql/.npmrc ./
+RUN --mount=type=cache,target=/root/.npm \
+    npm ci --no-audit --no-fund --loglevel=error
 
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
@@ -23,6 +35,7 @@ COPY server ./server
 COPY schema ./schema
 COPY workers ./workers
 COPY migrations ./migrations
+COPY --from=graphiql /assets/node_modules ./server/web/graphiql/node_modules
 
 # Every dependency ships manylinux wheels, so no compiler is needed. Bytecode is compiled here
 # because the runtime user cannot write to /opt/venv.
@@ -33,9 +46,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS test
 
-# The test suite starts private redis-server instances besides the shared Redis.
+# The test suite starts private redis-server instances besides the shared Redis, and drives
+# Debian's Chromium in its browser tests.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends redis-server \
+    && apt-get install -y --no-install-recommends redis-server chromium \
     && rm -rf /var/lib/apt/lists/*
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -50,6 +64,7 @@ RUN python -m venv /opt/venv \
 
 WORKDIR /src
 COPY --chown=kasparro:kasparro . .
+COPY --from=graphiql --chown=kasparro:kasparro /assets/node_modules ./server/web/graphiql/node_modules
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install -e '.[test]'
 

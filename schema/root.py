@@ -10,16 +10,23 @@ from strawberry.types import ExecutionContext
 
 from schema.assets.query import AssetsQuery
 from schema.extensions import ErrorPolicy, ResponseMeta
+from schema.metrics import OperationMetrics
 from schema.prices.market import MarketQuery
 from schema.prices.query import PricesQuery
-from schema.prices.subscription import PricesSubscription
+from schema.prices.subscription import (
+    PricesSubscription,
+    price_batches_stream,
+    price_updates_stream,
+)
 from schema.quality.query import QualityQuery
 from schema.runs.mutation import RunsMutation
 from schema.runs.query import RunsQuery
-from schema.runs.subscription import RunsSubscription
+from schema.runs.subscription import RunsSubscription, RunStream
 from schema.scalars import SCALAR_MAP
 from schema.system.query import SystemQuery
 from server.limits import protection_extensions
+from server.live.streams import StreamFactory
+from server.metrics import Metrics
 from server.settings import Settings
 
 Query = merge_types(
@@ -27,6 +34,13 @@ Query = merge_types(
 )
 Mutation = merge_types("Mutation", (RunsMutation,))
 Subscription = merge_types("Subscription", (PricesSubscription, RunsSubscription))
+
+# The subscription fields the live hub streams (shared execution, fan-out), by GraphQL name.
+LIVE_STREAMS: dict[str, StreamFactory] = {
+    "priceUpdates": price_updates_stream,
+    "priceBatches": price_batches_stream,
+    "etlRunEvents": RunStream.of,
+}
 
 
 class Schema(strawberry.Schema):
@@ -39,15 +53,20 @@ class Schema(strawberry.Schema):
         return None
 
 
-def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+def build_schema(
+    settings: Settings | None = None, *, metrics: Metrics | None = None
+) -> strawberry.Schema:
     """A fresh schema; extensions are passed as classes or factories so no request state is
-    shared. With `settings`, the protection limits they configure are on (the SDL needs none)."""
+    shared. With `settings`, the protection limits they configure are on (the SDL needs none);
+    with `metrics`, every operation is counted and timed there."""
     limits = protection_extensions(settings) if settings is not None else []
+    # First: its exit runs last, after ErrorPolicy has given each error its code.
+    measured = [OperationMetrics.factory(metrics)] if metrics is not None else []
     return Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        extensions=[ErrorPolicy, ResponseMeta, *limits],
+        extensions=[*measured, ErrorPolicy, ResponseMeta, *limits],
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
     )
 

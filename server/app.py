@@ -11,29 +11,42 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 
 from schema.context import Context
 from schema.loaders import create_loaders
 from schema.prices.cache import PriceCache
-from schema.root import build_schema
+from schema.root import LIVE_STREAMS, build_schema
+from server.auth import ReadKeyMiddleware
 from server.broker import create_broker
+from server.broker.fanout import FanoutBroker
 from server.db import create_engine, create_sessionmaker, ping
+from server.dbmetrics import register_pool
 from server.limits import QuerySizeMiddleware
+from server.live.hub import LiveHub
+from server.live.websocket import LiveRouteMiddleware, LiveServer
 from server.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from server.queue import open_job_queue
 from server.ratelimit import RateLimitMiddleware, create_request_limiter
 from server.requestid import RequestIdMiddleware, current_request_id
 from server.settings import Settings
+from server.web import web_routes
+from server.web.graphiql import graphiql_html
+from workers.metrics import IngestMetrics
+from workers.pipeline.runs import PRICES_CHANNEL, RUNS_CHANNEL
 
 
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's ASGI app with our typed per-request context."""
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
+        return self.context_for(request)
+
+    def context_for(self, request: Request | WebSocket) -> Context:
+        """The context of one request, or of a WebSocket connection's operations."""
         state = request.app.state
         return Context(
             request=request,
@@ -45,7 +58,14 @@ class GraphQLApp(GraphQL[Context, None]):
             loaders=create_loaders(state.engine),
             queue=state.queue,
             price_cache=state.price_cache,
+            live=getattr(state, "live", None),
         )
+
+    # GraphiQL's page, from the app's own assets when installed (server/web/graphiql.py).
+    ide_html: str | None = None
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return HTMLResponse(self.ide_html or self.graphql_ide_html)
 
 
 def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
@@ -60,6 +80,10 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = create_engine(settings)
         broker = create_broker(settings.redis_url)
+        if settings.redis_url is not None:
+            # One Redis subscription per process, fanned out to the cache and every
+            # subscription in memory.
+            broker = FanoutBroker(broker, (PRICES_CHANNEL, RUNS_CHANNEL))
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
@@ -67,40 +91,70 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
             stack.push_async_callback(broker.close)
+            if isinstance(broker, FanoutBroker):
+                await broker.start()
             # Hot reads (latestPrices, the newest candles): stopped before the broker closes.
             app.state.price_cache = price_cache = PriceCache(engine, broker)
             stack.push_async_callback(price_cache.stop)
             await price_cache.start()
+            # Live subscriptions: the hub reads each commit once; closed before the broker.
+            app.state.live = hub = LiveHub(
+                engine, broker, on_delivered=delivered, on_received=received
+            )
+            stack.push_async_callback(hub.stop)
+            await hub.start()
+            await live.start(hub)
+            stack.push_async_callback(live.stop)
             app.state.rate_limiter = limiter = create_request_limiter(settings)
             if limiter is not None:
                 stack.push_async_callback(limiter.close)
+            # Pool use is read from this engine at scrape time, while the app runs.
+            pool = register_pool(metrics.registry, engine)
+            stack.callback(metrics.registry.unregister, pool)
             app.state.queue = await stack.enter_async_context(
-                open_job_queue(settings, engine=engine, broker=broker)
+                open_job_queue(settings, engine=engine, broker=broker, metrics=ingest_metrics)
             )
             if with_worker:
                 from workers.inprocess import run_in_process
 
-                await stack.enter_async_context(run_in_process(settings, engine, broker))
+                await stack.enter_async_context(
+                    run_in_process(settings, engine, broker, metrics=ingest_metrics)
+                )
             yield
 
     metrics = Metrics()
+    # Runs of this process (triggered, or scheduled by `kasparro up`) count in the same registry.
+    ingest_metrics = IngestMetrics(metrics.registry)
     graphql = GraphQLApp(
-        build_schema(settings),
+        build_schema(settings, metrics=metrics),
         graphql_ide="graphiql" if settings.graphiql else None,
     )
+    if settings.graphiql:
+        graphql.ide_html = graphiql_html()
+    live = LiveServer(settings, graphql.schema, LIVE_STREAMS, graphql.context_for, metrics)
+
+    def delivered(topic: str, count: int) -> None:
+        metrics.messages_delivered.labels(topic).inc(count)
+
+    def received(channel: str) -> None:
+        metrics.broker_received.labels(channel).inc()
+
     app = Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
-            WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
+            *web_routes(settings),
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(MetricsMiddleware, metrics=metrics),
             Middleware(RateLimitMiddleware, settings=settings),
+            Middleware(ReadKeyMiddleware, settings=settings),
             Middleware(QuerySizeMiddleware, max_bytes=settings.max_query_bytes),
+            # WebSocket /graphql: the live server, with the ASGI server's own `send`.
+            Middleware(LiveRouteMiddleware, live=live),
         ],
         lifespan=lifespan,
     )

@@ -12,10 +12,13 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.permission import BasePermission
 from strawberry.types import Info
 
 from schema.errors import Unauthenticated
+from server.limits import GRAPHQL_PATH, error_response
 from server.settings import Settings
 
 
@@ -56,7 +59,40 @@ class HasApiKey(BasePermission):
 
     def has_permission(self, source: Any, info: Info[Any, Any], **kwargs: Any) -> bool:
         context = info.context
-        return is_valid_key(context.settings, presented_key(context.request.headers))
+        key = getattr(context, "api_key", None) or presented_key(context.request.headers)
+        return is_valid_key(context.settings, key)
 
     def on_unauthorized(self) -> None:
         raise Unauthenticated(self.message)
+
+
+class ReadKeyMiddleware:
+    """With KASPARRO_REQUIRE_READ_KEY, every GraphQL request over HTTP needs a valid key
+    (answered 401, code UNAUTHENTICATED, otherwise). GraphiQL's page still loads: a browser
+    asking for HTML gets it, and sends the key with its queries. WebSocket clients are checked
+    at connection_init (server.live)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            not self.settings.require_read_key
+            or scope["type"] != "http"
+            or scope["path"] != GRAPHQL_PATH
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        wants_page = scope["method"] == "GET" and "text/html" in headers.get("accept", "")
+        if wants_page or is_valid_key(self.settings, presented_key(headers)):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            "this server requires an API key for every request: send `Authorization: Bearer "
+            "<key>` or `X-API-Key: <key>` with a key from KASPARRO_API_KEYS"
+        )
+        response = error_response(message, Unauthenticated.code, 401)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        await response(scope, receive, send)

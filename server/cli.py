@@ -33,9 +33,9 @@ def load_settings(**overrides: object) -> Settings:
     except SettingsError as exc:
         typer.secho(f"kasparro: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
-    from server.logging import configure_logging
+    from server.logging import configure_from_settings
 
-    configure_logging(settings.log_level)
+    configure_from_settings(settings)
     return settings
 
 
@@ -287,18 +287,27 @@ async def _show_runs(settings: Settings, source: str | None, limit: int) -> None
     Console().print(runs_table([dict(row) for row in rows]))
 
 
+def uvicorn_config(app: Any, *, host: str, port: int, graceful_seconds: int = 3) -> uvicorn.Config:
+    """How the server runs the app (also used by tests that serve it in-process)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=True,
+        # The sans-I/O implementation lets server.live write a client's waiting messages with
+        # one system call; compression would cost more than it saves on frames this small.
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=graceful_seconds,
+    )
+
+
 def _serve(settings: Settings, *, with_worker: bool) -> None:
     from server.app import create_app
 
-    config = uvicorn.Config(
-        create_app(settings, with_worker=with_worker),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        proxy_headers=True,
-        ws_per_message_deflate=False,
-        timeout_graceful_shutdown=3,
-    )
+    app = create_app(settings, with_worker=with_worker)
+    config = uvicorn_config(app, host=settings.host, port=settings.port)
     # uvicorn re-raises the signal it caught once it has shut down cleanly; by then the
     # shutdown was graceful, so SIGTERM (docker stop) and Ctrl-C both end with status 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)

@@ -13,10 +13,10 @@ from functools import partial
 from typing import Any, cast
 from urllib.parse import unquote_plus
 
+from graphql import ASTValidationRule
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from graphql import ASTValidationRule
 from strawberry.extensions import (
     AddValidationRules,
     DisableIntrospection,

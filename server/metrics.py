@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 
 from prometheus_client import (
@@ -20,6 +22,9 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
+
+MAX_OPERATION_NAMES = 200
+_OPERATION_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,63}")
 
 
 class Metrics:
@@ -48,6 +53,72 @@ class Metrics:
             ["route", "method"],
             registry=self.registry,
         )
+        # Live subscriptions (server.live).
+        self.ws_connections = Gauge(
+            "kasparro_ws_connections",
+            "Open GraphQL WebSocket connections by protocol",
+            ["protocol"],
+            registry=self.registry,
+        )
+        self.subscriptions = Gauge(
+            "kasparro_active_subscriptions",
+            "Active GraphQL subscriptions by root field",
+            ["field"],
+            registry=self.registry,
+        )
+        self.broker_received = Counter(
+            "kasparro_broker_messages_received",
+            "Broker messages received by this process, by channel",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.messages_delivered = Counter(
+            "kasparro_subscription_messages_delivered",
+            "Subscription messages queued for clients, by hub topic (prices, runs)",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.slow_clients = Counter(
+            "kasparro_ws_slow_clients_closed",
+            "WebSocket connections closed because their outgoing queue overflowed",
+            registry=self.registry,
+        )
+        # GraphQL operations (schema.metrics.OperationMetrics), by operation name and type.
+        self.graphql_operations = Counter(
+            "kasparro_graphql_operations",
+            "GraphQL operations by operation name, type and outcome (ok, error)",
+            ["operation", "type", "outcome"],
+            registry=self.registry,
+        )
+        self.graphql_latency = Histogram(
+            "kasparro_graphql_operation_duration_seconds",
+            "GraphQL query and mutation latency by operation name and type",
+            ["operation", "type"],
+            registry=self.registry,
+        )
+        self.graphql_errors = Counter(
+            "kasparro_graphql_errors",
+            "Errors in GraphQL responses by operation name, type and extensions.code",
+            ["operation", "type", "code"],
+            registry=self.registry,
+        )
+        self._operation_names: set[str] = set()
+        self._operation_names_lock = threading.Lock()
+
+    def operation_label(self, name: str | None) -> str:
+        """The label for a client-chosen operation name: the first MAX_OPERATION_NAMES names
+        are kept, later ones count as "other", so clients cannot grow the series without end."""
+        if not name:
+            return "anonymous"
+        if not _OPERATION_NAME.fullmatch(name):
+            return "other"
+        with self._operation_names_lock:
+            if name in self._operation_names:
+                return name
+            if len(self._operation_names) < MAX_OPERATION_NAMES:
+                self._operation_names.add(name)
+                return name
+        return "other"
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -153,9 +153,11 @@ async def _fail_lost_runs(engine: AsyncEngine) -> None:
 
 @asynccontextmanager
 async def open_job_queue(
-    settings: Settings, *, engine: AsyncEngine, broker: Broker
+    settings: Settings, *, engine: AsyncEngine, broker: Broker, metrics: Any = None
 ) -> AsyncIterator[JobQueue]:
-    """The queue for these settings, closed (its tasks cancelled) when the context ends."""
+    """The queue for these settings, closed (its tasks cancelled) when the context ends.
+
+    `metrics` (workers.metrics.IngestMetrics) counts the runs it starts in this process."""
     queue: JobQueue
     if settings.redis_url is not None:
         from workers.worker import QUEUE_NAME
@@ -170,7 +172,7 @@ async def open_job_queue(
     from workers.runtime import open_runtime
 
     await _fail_lost_runs(engine)
-    async with open_runtime(settings, engine=engine, broker=broker) as runtime:
+    async with open_runtime(settings, engine=engine, broker=broker, metrics=metrics) as runtime:
         queue = InProcessJobQueue(ingest, {"runtime": runtime}, engine)
         try:
             yield queue

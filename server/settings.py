@@ -6,9 +6,9 @@ Settings are built once by the entry point (`Settings.load()`) and passed into t
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -87,6 +87,8 @@ class Settings(BaseSettings):
 
     log_level: str = Field("info", validation_alias="KASPARRO_LOG_LEVEL")
     graphiql: bool = Field(True, validation_alias="KASPARRO_GRAPHIQL")
+    # The live dashboard at /dashboard (server/web/).
+    dashboard: bool = Field(True, validation_alias="KASPARRO_DASHBOARD")
     max_page_size: int = Field(500, ge=1, validation_alias="KASPARRO_MAX_PAGE_SIZE")
     db_pool_size: int = Field(10, validation_alias="KASPARRO_DB_POOL_SIZE")
     # Seconds to wait for a new database connection: a request during an outage fails this fast.
@@ -102,6 +104,74 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, ge=0, validation_alias="KASPARRO_RATE_LIMIT_PER_MINUTE")
     # Requests a client may send at once; default: a minute's worth.
     rate_limit_burst: int | None = Field(None, ge=1, validation_alias="KASPARRO_RATE_LIMIT_BURST")
+
+    # Every GraphQL read needs an API key too (HTTP: Bearer or X-API-Key; WebSocket: in the
+    # connection_init payload or the upgrade request's headers).
+    require_read_key: bool = Field(False, validation_alias="KASPARRO_REQUIRE_READ_KEY")
+
+    # ---- live subscriptions (GraphQL over WebSocket) ----
+    ws_max_connections: int = Field(10_000, ge=1, validation_alias="KASPARRO_WS_MAX_CONNECTIONS")
+    ws_max_subscriptions: int = Field(100, ge=1, validation_alias="KASPARRO_WS_MAX_SUBSCRIPTIONS")
+    # Seconds a client has to send connection_init after connecting.
+    ws_init_timeout: float = Field(10, gt=0, validation_alias="KASPARRO_WS_INIT_TIMEOUT")
+    # Seconds between protocol keep-alive messages (ping, or "ka" for graphql-ws); 0: none.
+    ws_keepalive: float = Field(15, ge=0, validation_alias="KASPARRO_WS_KEEPALIVE")
+    # Bytes of messages a client may have waiting; a client further behind is closed (1013).
+    ws_max_queue_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, validation_alias="KASPARRO_WS_MAX_QUEUE_BYTES"
+    )
+
+    # ---- observability: logs, worker metrics, alerts ----
+    # auto: JSON unless stderr is a terminal; console: readable lines for development.
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", validation_alias="KASPARRO_LOG_FORMAT"
+    )
+    # Port of the worker's own /metrics (`kasparro worker`); 0 switches it off.
+    worker_metrics_port: int = Field(
+        9100, ge=0, le=65535, validation_alias="KASPARRO_WORKER_METRICS_PORT"
+    )
+    worker_metrics_host: str = Field(
+        "0.0.0.0",  # noqa: S104 - scraped from other containers
+        validation_alias="KASPARRO_WORKER_METRICS_HOST",
+    )
+    # A webhook URL often embeds its token (Slack, Teams): kept secret like a password.
+    alert_webhook_url: SecretStr | None = Field(None, validation_alias="KASPARRO_ALERT_WEBHOOK_URL")
+    smtp_host: str | None = Field(None, validation_alias="KASPARRO_SMTP_HOST")
+    smtp_port: int = Field(587, ge=1, le=65535, validation_alias="KASPARRO_SMTP_PORT")
+    smtp_security: Literal["starttls", "ssl", "none"] = Field(
+        "starttls", validation_alias="KASPARRO_SMTP_SECURITY"
+    )
+    smtp_user: str | None = Field(None, validation_alias="KASPARRO_SMTP_USER")
+    smtp_password: SecretStr | None = Field(None, validation_alias="KASPARRO_SMTP_PASSWORD")
+    smtp_from: str | None = Field(None, validation_alias="KASPARRO_SMTP_FROM")
+    alert_email_to: CommaList = Field(
+        default_factory=list, validation_alias="KASPARRO_ALERT_EMAIL_TO"
+    )
+    # De-duplication window: one alert per condition (and channel) per this many seconds.
+    alert_window: int = Field(3600, ge=1, validation_alias="KASPARRO_ALERT_WINDOW")
+    alert_max_attempts: int = Field(3, ge=1, validation_alias="KASPARRO_ALERT_MAX_ATTEMPTS")
+    alert_backoff: float = Field(1.0, ge=0, validation_alias="KASPARRO_ALERT_BACKOFF")
+    alert_timeout: float = Field(10, gt=0, validation_alias="KASPARRO_ALERT_TIMEOUT")
+
+    # ---- data quality: schema drift and anomalies ----
+    # A renamed field matched with at least this confidence (0-1) is read under its old name...
+    drift_automap_at: float = Field(0.8, gt=0, le=1, validation_alias="KASPARRO_DRIFT_AUTOMAP_AT")
+    # ...from this one up to that, the rows are quarantined for review; below, it is ignored.
+    drift_quarantine_at: float = Field(
+        0.5, ge=0, le=1, validation_alias="KASPARRO_DRIFT_QUARANTINE_AT"
+    )
+    # Earlier runs of a source needed before a run's numbers are judged against them.
+    anomaly_min_history: int = Field(5, ge=1, validation_alias="KASPARRO_ANOMALY_MIN_HISTORY")
+    # Robust z-score (distance from the median in scaled MADs) from which a run is an anomaly.
+    anomaly_mad_threshold: float = Field(
+        3.5, gt=0, validation_alias="KASPARRO_ANOMALY_MAD_THRESHOLD"
+    )
+    # A price this many times its previous observation (or 1/this of it) is an anomaly.
+    anomaly_price_jump: float = Field(2.0, gt=1, validation_alias="KASPARRO_ANOMALY_PRICE_JUMP")
+    # A price this many times the other sources' median (or 1/this of it) is an anomaly.
+    anomaly_divergence: float = Field(3.0, gt=1, validation_alias="KASPARRO_ANOMALY_DIVERGENCE")
+    # Seconds either side of a price within which other sources' observations are compared.
+    anomaly_window: float = Field(3600, gt=0, validation_alias="KASPARRO_ANOMALY_WINDOW")
 
     # ---- validation: each error names the variable and the value ----
 
@@ -162,7 +232,7 @@ class Settings(BaseSettings):
             )
         return list(dict.fromkeys(names))
 
-    @field_validator("csv_paths", "api_keys", mode="before")
+    @field_validator("csv_paths", "api_keys", "alert_email_to", mode="before")
     @classmethod
     def _comma_lists(cls, value: object) -> object:
         return _split_csv(value)
@@ -195,6 +265,40 @@ class Settings(BaseSettings):
         if level not in {"debug", "info", "warning", "error", "critical"}:
             raise ValueError(f"KASPARRO_LOG_LEVEL={value!r} is not a log level")
         return level
+
+    @field_validator(
+        "alert_webhook_url", "smtp_host", "smtp_user", "smtp_password", "smtp_from", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("KASPARRO_ALERT_WEBHOOK_URL=*** must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _email_needs_a_server(self) -> Self:
+        if self.alert_email_to and not (self.smtp_host and self.smtp_from):
+            raise ValueError(
+                f"KASPARRO_ALERT_EMAIL_TO={','.join(self.alert_email_to)} needs "
+                "KASPARRO_SMTP_HOST and KASPARRO_SMTP_FROM"
+            )
+        if self.smtp_password is not None and not self.smtp_user:
+            raise ValueError("KASPARRO_SMTP_PASSWORD=*** needs KASPARRO_SMTP_USER")
+        return self
+
+    @model_validator(mode="after")
+    def _drift_thresholds(self) -> Self:
+        if self.drift_quarantine_at > self.drift_automap_at:
+            raise ValueError(
+                f"KASPARRO_DRIFT_QUARANTINE_AT={self.drift_quarantine_at} must not be above "
+                f"KASPARRO_DRIFT_AUTOMAP_AT={self.drift_automap_at}"
+            )
+        return self
 
     # ---- construction ----
 
@@ -241,6 +345,6 @@ def _one_line(exc: ValidationError) -> str:
             parts.append(message)
         else:
             value = error.get("input")
-            shown = "***" if "KEY" in name else repr(value)
+            shown = "***" if "KEY" in name or "PASSWORD" in name or "URL" in name else repr(value)
             parts.append(f"{name}={shown}: {message}")
     return "invalid configuration: " + "; ".join(parts)

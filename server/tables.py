@@ -226,8 +226,21 @@ anomalies = Table(
     Index(None, "source", "kind"),
 )
 
+# The last alert sent per condition and channel: de-duplication shared by every process.
+alert_state = Table(
+    "alert_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("condition", String(300), nullable=False),  # e.g. run_failed:coingecko
+    Column("channel", String(16), nullable=False),  # webhook, email
+    Column("last_sent_at", UTCDateTime(), nullable=False),
+    Column("sent_count", Integer, nullable=False, server_default="0"),
+    UniqueConstraint("condition", "channel"),
+)
+
 __all__ = [
     "RUN_STATUSES",
+    "alert_state",
     "anomalies",
     "asset_aliases",
     "assets",

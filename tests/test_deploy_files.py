@@ -218,10 +218,21 @@ def published_ports(entry: object) -> tuple[int | None, int]:
     return (int(parts[-2]) if len(parts) > 1 else None, container)
 
 
+# Tools of the `observability` profile publish their own UI port, on the loopback address only.
+OBSERVABILITY_PORTS = {"prometheus": 9090, "grafana": 3000}
+
+
 def compose_port_problems(document: dict[str, Any]) -> list[str]:
-    """The service listens on 8000 everywhere; nothing else is published."""
+    """The service listens on 8000 everywhere; nothing else is published (but the observability
+    tools' own ports on 127.0.0.1)."""
     problems = []
     for name, service in document["services"].items():
+        if "observability" in service.get("profiles", []) and name in OBSERVABILITY_PORTS:
+            for entry in service.get("ports", []):
+                own = OBSERVABILITY_PORTS[name]
+                if str(entry) != f"127.0.0.1:{own}:{own}":
+                    problems.append(f"{name} port {entry!r} is not 127.0.0.1:{own}:{own}")
+            continue
         for entry in [*service.get("ports", []), *service.get("expose", [])]:
             host, container = published_ports(entry)
             if container != PORT or host not in (None, PORT):
@@ -249,6 +260,8 @@ def test_every_compose_port_is_8000() -> None:
         ("server", "ports", ["8000:8080"]),
         ("postgres", "ports", ["5432:5432"]),
         ("redis", "ports", [{"target": 6379, "published": 6379}]),
+        ("grafana", "ports", ["3000:3000"]),
+        ("prometheus", "ports", ["0.0.0.0:9090:9090"]),
     ],
 )
 def test_port_rule_rejects_another_port(service: str, key: str, value: object) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -153,6 +153,16 @@ class UpstreamStats:
     failures: int = 0
 
 
+class UpstreamObserver(Protocol):
+    """Told about each request, retry and wait (the ingestion metrics)."""
+
+    def upstream_request(self) -> None: ...
+
+    def upstream_retry(self, reason: str) -> None: ...
+
+    def upstream_wait(self, reason: str, seconds: float) -> None: ...
+
+
 class UpstreamClient:
     """GETs JSON through one shared `httpx.AsyncClient`, retrying what is worth retrying.
 
@@ -169,8 +179,10 @@ class UpstreamClient:
         user_agent: str = USER_AGENT,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        observer: UpstreamObserver | None = None,
     ) -> None:
         self._http = http if http is not None else httpx.AsyncClient()
+        self.observer = observer
         self._owns_http = http is None
         self.timeout = httpx.Timeout(timeout)
         self.policy = policy or RetryPolicy()
@@ -219,7 +231,10 @@ class UpstreamClient:
         attempts = throttles = 0
         while True:
             if limiter is not None:
-                self.stats.ratelimit_wait_seconds += await limiter.acquire()
+                waited = await limiter.acquire()
+                self.stats.ratelimit_wait_seconds += waited
+                if self.observer is not None:
+                    self.observer.upstream_wait("rate_limit", waited)
             try:
                 return await self._attempt(request)
             except ThrottledError as exc:
@@ -231,6 +246,8 @@ class UpstreamClient:
 
     async def _attempt(self, request: httpx.Request) -> Any:
         self.stats.requests += 1
+        if self.observer is not None:
+            self.observer.upstream_request()
         where = f"GET {request.url}"
         try:
             response = await self._http.send(request)
@@ -254,6 +271,9 @@ class UpstreamClient:
             raise _give_up(exc, f"Retry-After {wait:g}s is longer than the allowed {limit}")
         self.stats.throttles += 1
         self.stats.throttle_wait_seconds += wait
+        if self.observer is not None:
+            self.observer.upstream_retry("throttled")
+            self.observer.upstream_wait("retry_after", wait)
         log.warning("%s; waiting %.1fs (Retry-After)", exc, wait)
         await self._sleep(wait)
 
@@ -262,6 +282,9 @@ class UpstreamClient:
             raise _give_up(exc, f"gave up after {attempts} attempts")
         delay = self.policy.backoff(attempts, self._rng)
         self.stats.retries += 1
+        if self.observer is not None:
+            self.observer.upstream_retry("error")
+            self.observer.upstream_wait("backoff", delay)
         log.warning("%s; retry %d in %.2fs", exc, attempts, delay)
         await self._sleep(delay)
 

@@ -10,19 +10,26 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.broker import Broker
 from server.settings import Settings
+from workers.metrics import IngestMetrics
 
 
 @contextlib.asynccontextmanager
 async def run_in_process(
-    settings: Settings, engine: AsyncEngine, broker: Broker
+    settings: Settings,
+    engine: AsyncEngine,
+    broker: Broker,
+    *,
+    metrics: IngestMetrics | None = None,
 ) -> AsyncIterator[None]:
-    """Embedded scheduler without REDIS_URL; an arq worker on the shared Redis with it."""
+    """Embedded scheduler without REDIS_URL; an arq worker on the shared Redis with it.
+
+    Runs are counted in `metrics` (the app's registry: one /metrics for the whole process)."""
     if settings.redis_url is None:
         from workers.jobs import ingest
         from workers.runtime import open_runtime
         from workers.scheduler import Scheduler
 
-        async with open_runtime(settings, engine=engine, broker=broker) as runtime:
+        async with open_runtime(settings, engine=engine, broker=broker, metrics=metrics) as runtime:
             scheduler = Scheduler(
                 ingest, {"runtime": runtime}, settings.sources, settings.ingest_interval
             )
@@ -35,7 +42,9 @@ async def run_in_process(
 
     from workers.worker import create_worker
 
-    worker = create_worker(settings, engine=engine, broker=broker, handle_signals=False)
+    worker = create_worker(
+        settings, engine=engine, broker=broker, handle_signals=False, metrics=metrics
+    )
     task = asyncio.create_task(worker.async_run(), name="arq-worker")
     try:
         yield

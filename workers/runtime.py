@@ -7,8 +7,8 @@ import contextlib
 import weakref
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -18,7 +18,11 @@ from server.broker import Broker, create_broker
 from server.db import create_engine
 from server.settings import Settings
 from workers.http import RetryPolicy, UpstreamClient
+from workers.metrics import IngestMetrics
 from workers.ratelimit import RateLimiter, make_rate_limiter
+
+if TYPE_CHECKING:
+    from workers.alerts import Notifier
 
 # In-process run locks per engine; the advisory lock covers other processes on PostgreSQL.
 _LOCAL_LOCKS: weakref.WeakKeyDictionary[Engine, dict[str, asyncio.Lock]] = (
@@ -36,6 +40,10 @@ class Runtime:
     broker: Broker
     client: UpstreamClient
     limiters: dict[str, RateLimiter]
+    # Ingestion metrics (the app's registry in `kasparro up`, the worker's own otherwise) and
+    # the alert notifier (None: no channel configured).
+    metrics: IngestMetrics = field(default_factory=IngestMetrics)
+    notifier: Notifier | None = None
 
     @contextlib.asynccontextmanager
     async def run_lock(self, source: str, *, wait: bool = False) -> AsyncIterator[bool]:
@@ -81,9 +89,18 @@ async def _advisory_lock(conn: AsyncConnection, source: str, *, wait: bool) -> b
 
 @contextlib.asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, engine: AsyncEngine | None = None, broker: Broker | None = None
+    settings: Settings,
+    *,
+    engine: AsyncEngine | None = None,
+    broker: Broker | None = None,
+    metrics: IngestMetrics | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Create what is not given; close only what was created here."""
+    """Create what is not given; close only what was created here.
+
+    Without `metrics`, runs are counted in a registry of this runtime's own (nothing serves it).
+    """
+    from workers.alerts import build_notifier
+
     async with contextlib.AsyncExitStack() as stack:
         if engine is None:
             engine = create_engine(settings)
@@ -94,7 +111,8 @@ async def open_runtime(
         policy = RetryPolicy(
             max_attempts=settings.http_max_attempts, base_delay=settings.http_backoff
         )
-        client = UpstreamClient(timeout=settings.http_timeout, policy=policy)
+        metrics = metrics if metrics is not None else IngestMetrics()
+        client = UpstreamClient(timeout=settings.http_timeout, policy=policy, observer=metrics)
         stack.push_async_callback(client.aclose)
         redis: Any = None
         if settings.redis_url is not None:
@@ -110,4 +128,7 @@ async def open_runtime(
                 "coinpaprika", settings.coinpaprika_calls_per_minute, redis=redis
             ),
         }
-        yield Runtime(settings, engine, broker, client, limiters)
+        notifier = build_notifier(settings, engine, metrics=metrics)
+        if notifier is not None:
+            stack.push_async_callback(notifier.aclose)
+        yield Runtime(settings, engine, broker, client, limiters, metrics, notifier)

@@ -7,16 +7,25 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from arq import cron
 from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Worker, func
+from prometheus_client import CollectorRegistry
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.broker import Broker, create_broker
+from server.db import create_engine
+from server.dbmetrics import register_pool
 from server.settings import Settings
 from workers.jobs import ingest
+from workers.metrics import IngestMetrics, MetricsServer
 from workers.runtime import open_runtime
+
+log = structlog.get_logger(__name__)
 
 # Everything the worker keeps in Redis is named under a namespace: its queue, the cron jobs' ids
 # (arq keeps jobs under the global `arq:job:<id>`) and, unless a broker is given, the pub/sub
@@ -92,12 +101,13 @@ def create_worker(
     broker: Broker | None = None,
     handle_signals: bool = True,
     namespace: str = NAMESPACE,
+    metrics: IngestMetrics | None = None,
     **overrides: Any,
 ) -> Worker:
     """An arq Worker whose jobs share one Runtime (engine, broker, HTTP client).
 
     What is not given is created at startup and closed at shutdown; `overrides` are passed to
-    arq's Worker (e.g. `burst=True`, `poll_delay`, `cron_jobs`).
+    arq's Worker (e.g. `burst=True`, `poll_delay`, `cron_jobs`). Runs are counted in `metrics`.
     """
     if settings.redis_url is None:
         raise ValueError("the arq worker needs REDIS_URL")
@@ -110,7 +120,7 @@ def create_worker(
             if shared is None:
                 shared = create_broker(redis_url, prefix=f"{namespace}:")
                 stack.push_async_callback(shared.close)
-            runtime = open_runtime(settings, engine=engine, broker=shared)
+            runtime = open_runtime(settings, engine=engine, broker=shared, metrics=metrics)
             ctx["runtime"] = await stack.enter_async_context(runtime)
             stacks.append(stack.pop_all())
 
@@ -136,8 +146,21 @@ def create_worker(
 
 async def run_worker(settings: Settings) -> None:
     """`kasparro worker`: run until SIGINT/SIGTERM, then stop cleanly (running jobs are
-    cancelled, recorded as failed, and run again by the next worker)."""
-    worker = create_worker(settings)  # arq's signal handler cancels the jobs and its main task
+    cancelled, recorded as failed, and run again by the next worker).
+
+    Its metrics (runs, upstream calls, alerts, the database pool) are served on
+    KASPARRO_WORKER_METRICS_PORT unless that is 0.
+    """
+    engine = create_engine(settings)
+    metrics = worker_metrics(engine)
+    server = None
+    if settings.worker_metrics_port:
+        server = MetricsServer(
+            metrics.registry, host=settings.worker_metrics_host, port=settings.worker_metrics_port
+        )
+        log.info("worker metrics served", port=server.port)
+    # arq's signal handler cancels the jobs and its main task.
+    worker = create_worker(settings, engine=engine, metrics=metrics)
     try:
         await worker.async_run()
     except asyncio.CancelledError:
@@ -148,3 +171,15 @@ async def run_worker(settings: Settings) -> None:
             raise
     finally:
         await worker.close()
+        if server is not None:
+            server.close()
+        await engine.dispose()
+
+
+def worker_metrics(engine: AsyncEngine) -> IngestMetrics:
+    """The worker process's metrics: ingestion, the database pool and the process itself."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    register_pool(registry, engine)
+    return IngestMetrics(registry)

@@ -1,9 +1,10 @@
-"""Queries about data quality: schema drift and anomalies, newest first."""
+"""Queries about data quality: schema drift and anomalies, newest first, optionally of one
+source, one run or one kind."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 from sqlalchemy import ColumnElement, Select, String, Table, func, select
@@ -20,6 +21,7 @@ from schema.quality.types import (
     DriftEventConnection,
     DriftEventEdge,
 )
+from schema.runs.query import run_id as parse_run_id
 from server.tables import anomalies, drift_events
 
 
@@ -66,15 +68,29 @@ def sort_key(row: Any) -> tuple[Any, ...]:
     return (row.sort_time, row.id)
 
 
-def _of_source(query: Select[Any], table: Table, source: str | None) -> Select[Any]:
-    names = validate_sources(None if source is None else [source])
-    return query if names is None else query.where(table.c.source == names[0])
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """The arguments that narrow a quality query, applied alike to a page and its count."""
+
+    source: str | None = None
+    run_id: strawberry.ID | None = None
+    kind: str | None = None
+
+    def apply(self, query: Select[Any], table: Table) -> Select[Any]:
+        names = validate_sources(None if self.source is None else [self.source])
+        if names is not None:
+            query = query.where(table.c.source == names[0])
+        if self.run_id is not None:
+            query = query.where(table.c.run_id == parse_run_id(self.run_id, argument="runId"))
+        if self.kind is not None:
+            query = query.where(table.c.kind == self.kind)
+        return query
 
 
 async def _page(
     info: Info[Context, None],
     order: NewestFirst,
-    source: str | None,
+    filters: Filters,
     first: int | None,
     after: str | None,
 ) -> tuple[list[tuple[str, Any]], PageInfo, Select[Any]]:
@@ -88,10 +104,10 @@ async def _page(
     )
     dialect = info.context.engine.dialect.name
     keyset = order.keyset(dialect)
-    query = _of_source(order.query(dialect), order.table, source)
+    query = filters.apply(order.query(dialect), order.table)
     async with info.context.engine.connect() as conn:
         result = await fetch_page(conn, query, keyset, page, sort_key)
-    count_query = _of_source(select(func.count()).select_from(order.table), order.table, source)
+    count_query = filters.apply(select(func.count()).select_from(order.table), order.table)
     rows = [(keyset.cursor(sort_key(row)), row) for row in result.rows]
     return rows, result.page_info, count_query
 
@@ -105,8 +121,13 @@ class QualityQuery:
         first: int | None = None,
         after: str | None = None,
         source: str | None = None,
+        run_id: strawberry.ID | None = None,
+        kind: Annotated[
+            str | None, strawberry.argument(description="missing, new, renamed or retyped.")
+        ] = None,
     ) -> DriftEventConnection:
-        rows, page_info, count_query = await _page(info, DRIFT_ORDER, source, first, after)
+        filters = Filters(source, run_id, kind)
+        rows, page_info, count_query = await _page(info, DRIFT_ORDER, filters, first, after)
         edges = [DriftEventEdge(cursor=c, node=DriftEvent.from_row(row)) for c, row in rows]
         return DriftEventConnection(edges=edges, page_info=page_info, count_query=count_query)
 
@@ -117,7 +138,16 @@ class QualityQuery:
         first: int | None = None,
         after: str | None = None,
         source: str | None = None,
+        run_id: strawberry.ID | None = None,
+        kind: Annotated[
+            str | None,
+            strawberry.argument(
+                description="run_fetched, run_inserted, run_duration, run_error_rate, "
+                "price_jump or price_divergence."
+            ),
+        ] = None,
     ) -> AnomalyConnection:
-        rows, page_info, count_query = await _page(info, ANOMALIES_ORDER, source, first, after)
+        filters = Filters(source, run_id, kind)
+        rows, page_info, count_query = await _page(info, ANOMALIES_ORDER, filters, first, after)
         edges = [AnomalyEdge(cursor=c, node=Anomaly.from_row(row)) for c, row in rows]
         return AnomalyConnection(edges=edges, page_info=page_info, count_query=count_query)

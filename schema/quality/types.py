@@ -54,7 +54,11 @@ class DriftEvent:
 @strawberry.type(description="A statistical outlier: of a run's numbers or of a price.")
 class Anomaly:
     id: strawberry.ID
-    kind: str = strawberry.field(description="run_fetched, price_jump, price_divergence, ...")
+    kind: str = strawberry.field(
+        description="run_fetched, run_inserted, run_duration, run_error_rate (a run against its "
+        "source's history), price_jump (against the previous observation) or price_divergence "
+        "(against the other sources' median)."
+    )
     run_id: strawberry.ID | None
     source: str
     asset_id: strawberry.ID | None
@@ -62,7 +66,9 @@ class Anomaly:
     observed_at: datetime | None
     value: Decimal | None
     expected: Decimal | None
-    score: float | None = strawberry.field(description="How far out, e.g. a z-score.")
+    score: float | None = strawberry.field(
+        description="How far out: a robust z-score for runs, how many times apart for prices."
+    )
     detail: JSON | None
     detected_at: datetime
 

@@ -147,21 +147,33 @@ class RootField:
 
     name: str
     arguments: dict[str, Any]
-    executor: Executor[Any]
+    schema: GraphQLSchema
+    prepared: Prepared
+    request: Request
+
+    def executor(self, context: Any) -> Executor[Any]:
+        """An executor of the operation with `context` (for the per-item executions)."""
+        built = _executor(self.schema, self.prepared, self.request, context)
+        assert not isinstance(built, list)  # the variables were coerced once already
+        return built
 
 
-def root_field(
+def _executor(
     schema: GraphQLSchema, prepared: Prepared, request: Request, context: Any
-) -> RootField:
-    """Coerce the variables once (an executor for the per-item executions) and read the root
-    field's arguments; RequestError for bad variables."""
-    built = Executor.build(
+) -> Executor[Any] | list[GraphQLError]:
+    return Executor.build(
         schema,
         prepared.document,
         context_value=context,
         raw_variable_values=request.variables,
         operation_name=request.operation_name,
     )
+
+
+def root_field(schema: GraphQLSchema, prepared: Prepared, request: Request) -> RootField:
+    """Coerce the variables and read the root field's arguments; RequestError for bad
+    variables."""
+    built = _executor(schema, prepared, request, None)
     if isinstance(built, list):
         raise RequestError([classify_error(error) for error in built])
     fragments = {
@@ -179,7 +191,7 @@ def root_field(
         arguments = get_argument_values(definition, node, built.variable_values)
     except GraphQLError as error:
         raise RequestError([classify_error(error)]) from None
-    return RootField(node.name.value, arguments, built)
+    return RootField(node.name.value, arguments, schema, prepared, request)
 
 
 def sharing_key(prepared: Prepared, request: Request, resume_argument: str = "after") -> str:

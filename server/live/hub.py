@@ -60,10 +60,12 @@ class Subscriber:
     """One subscription's place in a feed. `push` is called for every live item (with the
     feed's rendered payload, None for a feed without renderer) and must not block."""
 
-    __slots__ = ("closed", "feed", "last", "live", "pending")
+    __slots__ = ("closed", "feed", "last", "live", "pending", "resume_after")
 
     def __init__(self) -> None:
         self.feed: Feed | None = None
+        # Its own `after` (the feed's stream is shared with subscriptions resuming elsewhere).
+        self.resume_after: int | None = None
         # The highest price id sent (or resumed after): anything at or below it is skipped.
         self.last: int | None = None
         self.live = False
@@ -111,6 +113,8 @@ class Feed:
             return 0
         if self.renderer is not None:
             self.renderer.refresh()
+        # Everything is queued before any writer runs: each client's messages of this event
+        # then leave in one write (server.live.direct), instead of one write per message.
         queued = 0
         for item in items:
             shared: str | None = None
@@ -206,6 +210,7 @@ class LiveHub:
             self._topics[stream.topic][feed] = None
         feed.subscribers[sub] = None
         sub.feed = feed
+        sub.resume_after = stream.resume_after
         return feed
 
     def leave(self, sub: Subscriber) -> None:
@@ -225,7 +230,7 @@ class LiveHub:
         `sub` is live when the iteration ends (at once when it does not resume)."""
         feed = sub.feed
         assert feed is not None
-        after = feed.stream.resume_after
+        after = sub.resume_after
         if after is None:
             sub.live = True
             return

@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import structlog
 from graphql import GraphQLError, GraphQLSchema
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry import Schema
 from strawberry.schema.base import BaseSchema
@@ -32,8 +32,10 @@ from strawberry.types import ExecutionResult
 from schema.context import Context
 from schema.errors import UserError
 from schema.extensions import classify_error
+from schema.loaders import create_loaders
 from server.auth import is_valid_key, presented_key
 from server.limits import document_limits
+from server.live.direct import DirectWriter, Gone
 from server.live.execution import (
     Documents,
     Request,
@@ -65,7 +67,10 @@ TOO_MANY_INITS = 4429
 GOING_AWAY = 1001
 TRY_AGAIN_LATER = 1013
 
-ContextFactory = Callable[[WebSocket], Awaitable[Context]]
+# Bytes of queued messages written with one system call (when the server allows it).
+WRITE_BATCH_BYTES = 256 * 1024
+
+ContextFactory = Callable[[WebSocket], Context]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +144,24 @@ class LiveServer:
                 connection.keep_alive()
 
 
+class LiveRouteMiddleware:
+    """Sends WebSocket connections to /graphql to the live server before Starlette's router and
+    exception middleware, which would wrap `send` (a cost on every message, and the direct
+    writes of server.live.direct need the server's own `send`). Placed innermost of the app's
+    middleware, after the request id and rate limit ones, which let WebSocket `send` through."""
+
+    def __init__(self, app: ASGIApp, live: LiveServer, path: str = "/graphql") -> None:
+        self.app = app
+        self.live = live
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == self.path:
+            await self.live(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 class WsSubscriber(Subscriber):
     """A hub subscription that queues `<prefix><payload>}` frames on its connection."""
 
@@ -185,6 +208,7 @@ class Connection:
         self.max_bytes = server.settings.ws_max_queue_bytes
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
+        self._replaying = 0  # replays waiting for the queue to drain
         self.operations: dict[str, WsSubscriber | asyncio.Task[None]] = {}
         self.init_received = False
         self.acknowledged = False
@@ -237,48 +261,76 @@ class Connection:
                 await writer
 
     async def _write(self) -> None:
-        """Send queued frames in order; the Close frame ends the writer."""
+        """Send queued frames in order; the Close frame ends the writer. Under uvicorn's
+        sans-I/O protocol every frame waiting is written with one system call (server.live.
+        direct); elsewhere, one ASGI send per frame."""
         queue = self.queue
         send = self.send
+        direct = DirectWriter.of(send)
         try:
             while True:
                 if not queue:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                frame = queue.popleft()
-                if isinstance(frame, Close):
-                    await send(
-                        {"type": "websocket.close", "code": frame.code, "reason": frame.reason}
-                    )
-                    return
-                self.queued_bytes -= len(frame)
-                await send({"type": "websocket.send", "text": frame})
-                if self.queued_bytes <= self.max_bytes // 2:
+                if direct is not None and not isinstance(queue[0], Close):
+                    batch = self._take_batch()
+                    await direct.write(batch)
+                else:
+                    frame = queue.popleft()
+                    if isinstance(frame, Close):
+                        await send(
+                            {"type": "websocket.close", "code": frame.code, "reason": frame.reason}
+                        )
+                        return
+                    self.queued_bytes -= len(frame)
+                    await send({"type": "websocket.send", "text": frame})
+                if self._replaying and self.queued_bytes <= self.max_bytes // 2:
                     self._drained.set()
-        except OSError:
+        except (OSError, Gone):
             return  # the client is gone; the reader sees the disconnect
         except Exception as exc:
             # Uvicorn's ClientDisconnected and the like.
             log.debug("websocket send failed", error=repr(exc))
 
+    def _take_batch(self) -> list[str]:
+        """The text frames at the head of the queue, up to WRITE_BATCH_BYTES."""
+        queue = self.queue
+        batch: list[str] = []
+        size = 0
+        while queue and size < WRITE_BATCH_BYTES:
+            frame = queue[0]
+            if isinstance(frame, Close):
+                break
+            queue.popleft()
+            batch.append(frame)
+            size += len(frame)
+        self.queued_bytes -= size
+        return batch
+
     def enqueue(self, frame: str) -> None:
-        """Queue one frame without waiting; past the bound, the client is cloas too slow."""
+        """Queue one frame without waiting; past the bound, the client is closed as too slow."""
         if self.closing:
             return
         size = len(frame)
         if self.queued_bytes + size > self.max_bytes:
             self.overflow(f"more than {self.max_bytes} bytes of messages were waiting")
             return
-        self.queue.append(frame)
+        queue = self.queue
+        if not queue:
+            self._wake.set()  # the writer waits only when the queue is empty
+        queue.append(frame)
         self.queued_bytes += size
-        self._wake.set()
 
     async def enqueue_when_drained(self, frame: str) -> None:
         """Queue one frame of a replay: waits while the queue is more than half full."""
         while self.queued_bytes > self.max_bytes // 2 and not self.closing:
+            self._replaying += 1
             self._drained.clear()
-            await self._drained.wait()
+            try:
+                await self._drained.wait()
+            finally:
+                self._replaying -= 1
         self.enqueue(frame)
 
     def close(self, code: int, reason: str, *, urgent: bool = False) -> None:
@@ -357,10 +409,6 @@ class Connection:
                 self._send_json({"type": "connection_error", "payload": {"message": reason}})
             self.close(FORBIDDEN, reason)
             return
-        self.context = await self.server.context_factory(
-            WebSocket(self.scope, _no_receive, _no_send)
-        )
-        self.context.api_key = self.api_key
         self.acknowledged = True
         self._send_json({"type": "connection_ack"})
         if self.legacy and self.settings.ws_keepalive > 0:
@@ -401,6 +449,11 @@ class Connection:
             self._start(operation_id, frame.get("payload"))
         except RequestError as exc:
             self._send_errors(operation_id, exc.errors)
+        except Exception as exc:
+            # Masked and logged (with the request id) by the same policy as HTTP errors.
+            self._send_errors(
+                operation_id, [classify_error(GraphQLError(str(exc), original_error=exc))]
+            )
 
     async def _on_complete(self, frame: dict[str, Any]) -> None:
         operation_id = frame.get("id")
@@ -414,17 +467,27 @@ class Connection:
 
     # ---- operations ----
 
+    def _context(self) -> Context:
+        """The connection's context, made when an operation first needs one: shared
+        subscriptions joining an existing feed never do, which keeps idle connections small."""
+        if self.context is None:
+            websocket = WebSocket(self.scope, _no_receive, _no_send)
+            self.context = self.server.context_factory(websocket)
+            self.context.api_key = self.api_key
+        return self.context
+
     def _start(self, operation_id: str, payload: Any) -> None:
-        assert self.context is not None
         request = Request.of(payload)
         prepared = self.server.documents.prepare(request)
         if not prepared.is_subscription:
-            self._run_task(operation_id, self._execute(operation_id, request))
+            self._run_task(operation_id, lambda: self._execute(operation_id, request))
             return
-        root = root_field(self.server.graphql_schema, prepared, request, self.context)
+        root = root_field(self.server.graphql_schema, prepared, request)
         factory = self.server.streams.get(root.name)
         if factory is None:
-            self._run_task(operation_id, self._strawberry_subscription(operation_id, request))
+            self._run_task(
+                operation_id, lambda: self._strawberry_subscription(operation_id, request)
+            )
             return
         try:
             stream = factory(root.arguments)
@@ -432,25 +495,23 @@ class Connection:
             error = GraphQLError(str(exc), extensions={**exc.extensions, "code": exc.code})
             raise RequestError([error]) from None
         sub = WsSubscriber(self, operation_id, root.name)
-        context = self.context
-        engine = context.engine
 
-        def refresh() -> None:
-            # Loaders cache per event, not for the life of the feed.
-            from schema.loaders import create_loaders
+        def renderer() -> SelectionRenderer:
+            # Made once per feed, with this connection's context; its loaders are renewed for
+            # each event, so nothing is cached for the life of the feed.
+            context = self._context()
+            engine = context.engine
 
-            context.loaders = create_loaders(engine)
+            def refresh() -> None:
+                context.loaders = create_loaders(engine)
 
-        self.hub.join(
-            sub,
-            stream,
-            sharing_key(prepared, request),
-            lambda: SelectionRenderer(root.executor, refresh),
-        )
+            return SelectionRenderer(root.executor(context), refresh)
+
+        self.hub.join(sub, stream, sharing_key(prepared, request), renderer)
         self.operations[operation_id] = sub
         if self.server.metrics is not None:
             self.server.metrics.subscriptions.labels(root.name).inc()
-        if stream.resume_after is None:
+        if sub.resume_after is None:
             sub.live = True
         else:
             sub.task = asyncio.create_task(self._replay(sub), name="ws-replay")
@@ -470,10 +531,12 @@ class Connection:
                 error = classify_error(GraphQLError(str(exc), original_error=exc))
                 self._send_errors(sub.id, [error])
 
-    def _run_task(self, operation_id: str, work: Awaitable[None]) -> None:
+    def _run_task(self, operation_id: str, work: Callable[[], Awaitable[None]]) -> None:
         async def run() -> None:
             try:
-                await work
+                await work()
+            except Exception:
+                log.exception("websocket operation failed", operation_id=operation_id)
             finally:
                 if self.operations.get(operation_id) is task:
                     del self.operations[operation_id]
@@ -486,7 +549,7 @@ class Connection:
         result = await self.server.schema.execute(
             request.query,
             variable_values=request.variables,
-            context_value=self.context,
+            context_value=self._context(),
             operation_name=request.operation_name,
         )
         self._send_result(operation_id, result)
@@ -497,7 +560,7 @@ class Connection:
         results = await self.server.schema.subscribe(
             request.query,
             variable_values=request.variables,
-            context_value=self.context,
+            context_value=self._context(),
             operation_name=request.operation_name,
         )
         if isinstance(results, ExecutionResult):

@@ -77,4 +77,5 @@ async def test_the_model_schema_has_every_table_of_the_design() -> None:
         "quarantine",
         "drift_events",
         "anomalies",
+        "alert_state",
     }

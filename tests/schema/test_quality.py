@@ -12,8 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from tests.support.asgi import graphql
+from tests.support.fake_upstream import FakeUpstream, Fault, Route
 from tests.support.seed import seed_anomalies, seed_assets, seed_drift_events, seed_run
 from tests.support.statements import recorded_statements, selects
+from tests.workers.pipeline.conftest import pipeline_settings
+from workers.pipeline.runner import run_source
+from workers.runtime import open_runtime
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -224,3 +228,64 @@ async def test_a_drift_cursor_is_not_an_anomaly_cursor(
     cursor = (await data(client, DRIFT, first=1))["driftEvents"]["pageInfo"]["endCursor"]
     body = await graphql(client, ANOMALIES, {"after": cursor})
     assert body["errors"][0]["extensions"]["code"] == "INVALID_CURSOR"
+
+
+RUN_FINDINGS = """
+query($runId: ID, $kind: String) {
+  driftEvents(runId: $runId) {
+    nodes { runId source kind field matchedField confidence action }
+    totalCount
+  }
+  anomalies(runId: $runId, kind: $kind) {
+    nodes { runId source kind asset { symbol } priceId value expected }
+    totalCount
+  }
+}
+"""
+
+
+async def test_a_runs_drift_and_anomalies_are_queried_by_run_and_kind(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    fake = FakeUpstream.shared()
+    fake.inject(Route.MARKETS, Fault.rename("current_price", "currentPrice"))
+    fake.tickers[0]["quotes"]["USD"]["price"] = 630101.0  # bitcoin at 10x CoinGecko's price
+    settings = pipeline_settings(engine, fake)
+    async with open_runtime(settings, engine=engine) as runtime:
+        gecko = await run_source(runtime, "coingecko", trigger="test")
+        paprika = await run_source(runtime, "coinpaprika", trigger="test")
+
+    of_gecko = await data(client, RUN_FINDINGS, runId=str(gecko.run_id))
+    assert of_gecko["driftEvents"] == {
+        "nodes": [
+            {
+                "runId": str(gecko.run_id),
+                "source": "coingecko",
+                "kind": "renamed",
+                "field": "currentPrice",
+                "matchedField": "current_price",
+                "confidence": 1.0,
+                "action": "auto_mapped",
+            }
+        ],
+        "totalCount": 1,
+    }
+    assert of_gecko["anomalies"] == {"nodes": [], "totalCount": 0}
+    of_paprika = await data(
+        client, RUN_FINDINGS, runId=str(paprika.run_id), kind="price_divergence"
+    )
+    assert of_paprika["driftEvents"]["totalCount"] == 0
+    (anomaly,) = of_paprika["anomalies"]["nodes"]
+    assert anomaly["asset"] == {"symbol": "BTC"}
+    assert (anomaly["value"], anomaly["expected"]) == ("630101.0", "63000.5")
+    assert anomaly["priceId"] is not None
+    none = await data(client, RUN_FINDINGS, runId=str(paprika.run_id), kind="price_jump")
+    assert none["anomalies"]["totalCount"] == 0
+
+
+async def test_a_run_id_that_is_not_one_is_a_user_error(client: httpx.AsyncClient) -> None:
+    body = await graphql(client, RUN_FINDINGS, {"runId": "x1"})
+
+    assert body["data"] is None
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "runId" in body["errors"][0]["message"]

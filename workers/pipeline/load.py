@@ -6,6 +6,7 @@ the whole batch with its checkpoint or none of it.
 On PostgreSQL the bulk writes go through asyncpg on the transaction's own connection: prices are
 COPYed into a per-connection staging table and merged with one INSERT ... SELECT ... ON CONFLICT,
 and quarantined rows are COPYed. SQLite keeps SQLAlchemy's multi-row INSERT ... ON CONFLICT.
+The batch's drift findings, and the anomalies among the prices it wrote, are recorded with it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.tables import checkpoints, etl_runs, prices, quarantine, raw_records
 from workers.pipeline.identity import CoinRef, IdentityResolver, Resolved
+from workers.quality.anomalies import AnomalyRules
+from workers.quality.price_anomalies import WrittenPrice, check_prices
+from workers.quality.store import record_drift
 from workers.sources.base import Batch, PriceRecord, SourceItem
 
 # All price writers serialize on this lock so ids are handed out in commit order: a cursor
@@ -238,11 +242,13 @@ async def write_batch(
     rejected: list[tuple[SourceItem, str]],
     resolver: IdentityResolver,
     serialized: Serialized | None = None,
+    checks: AnomalyRules | None = None,
 ) -> BatchOutcome:
     """Store the batch; return counts and the newly inserted prices (for publishing).
 
     `serialized` is `serialize(batch, parsed, ...)` made beforehand (made here when not given).
     PostgreSQL writes the prices from it alone, so with it `parsed` is read on SQLite only.
+    With `checks`, the prices inserted or changed are checked for anomalies.
     """
     postgres = conn.dialect.name == "postgresql"
     if serialized is None or (postgres and serialized.rows is None):
@@ -252,10 +258,18 @@ async def write_batch(
     if serialized.count:
         identities = await resolver.resolve(conn, serialized.coins)
         if postgres:
-            await _upsert_postgres(conn, outcome, run_id, raw_id, source, serialized, identities)
+            written = await _upsert_postgres(
+                conn, outcome, run_id, raw_id, source, serialized, identities
+            )
         else:
-            await _upsert_sqlite(conn, outcome, run_id, raw_id, source, parsed, identities)
+            written = await _upsert_sqlite(
+                conn, outcome, run_id, raw_id, source, parsed, identities
+            )
         outcome.new_prices.sort(key=lambda price: int(price["id"]))
+        if checks is not None:
+            await check_prices(conn, run_id=run_id, source=source, written=written, rules=checks)
+    if batch.drift:
+        await record_drift(conn, run_id=run_id, source=source, findings=batch.drift)
     if rejected:
         await _insert_quarantine(conn, run_id, raw_id, source, rejected)
         outcome.quarantined = len(rejected)
@@ -311,9 +325,10 @@ async def _upsert_postgres(
     source: str,
     serialized: Serialized,
     identities: dict[str, Resolved],
-) -> None:
+) -> list[WrittenPrice]:
     """COPY the staging rows into the session's staging table, then merge them into prices with
-    one statement; the rows the merge inserted become the batch's new-price events."""
+    one statement; the rows the merge inserted become the batch's new-price events. Returns the
+    rows inserted or changed."""
     assert serialized.positions is not None
     assert serialized.rows is not None
     assert serialized.last is not None
@@ -346,12 +361,14 @@ async def _upsert_postgres(
     )
     symbols = {resolved.asset_id: resolved.symbol for resolved in identities.values()}
     updated = 0
+    changed: list[WrittenPrice] = []
     for price_id, asset_id, observed_at in written:
+        row = rows[positions[key(asset_id, observed_at)]]
+        changed.append((price_id, asset_id, observed_at, row[3]))
         if price_id <= max_before:
             updated += 1
             outcome.updated_ids.append(price_id)
             continue
-        row = rows[positions[key(asset_id, observed_at)]]
         outcome.new_prices.append(
             {
                 "id": price_id,
@@ -367,6 +384,7 @@ async def _upsert_postgres(
     outcome.inserted += len(written) - updated
     outcome.updated += updated
     outcome.skipped += len(rows) - len(written)
+    return changed
 
 
 async def _upsert_sqlite(
@@ -377,22 +395,27 @@ async def _upsert_sqlite(
     source: str,
     parsed: list[tuple[SourceItem, PriceRecord]],
     identities: dict[str, Resolved],
-) -> None:
+) -> list[WrittenPrice]:
+    """Upsert the batch's latest record per (asset, time); returns the rows inserted or
+    changed."""
     rows = _latest_by_asset(parsed, identities)
     # The same observation twice in one batch counts once; the later item wins.
     outcome.skipped += len(parsed) - len(rows)
     now = datetime.now(UTC)
     max_before, written = await _merge_sqlite(conn, rows, parsed, run_id, raw_id, source, now)
     symbols = {asset.asset_id: asset.symbol for asset in identities.values()}
+    changed: list[WrittenPrice] = []
     for price_id, asset_id, observed_at in written:
+        record = parsed[rows[(asset_id, _utc(observed_at))][1]][1]
+        changed.append((price_id, asset_id, record.observed_at, record.price_usd))
         if price_id > max_before:
             outcome.inserted += 1
-            record = parsed[rows[(asset_id, _utc(observed_at))][1]][1]
             outcome.new_prices.append(_event(price_id, asset_id, source, record, symbols[asset_id]))
         else:
             outcome.updated += 1
             outcome.updated_ids.append(price_id)
     outcome.skipped += len(rows) - len(written)
+    return changed
 
 
 def _latest_by_asset(

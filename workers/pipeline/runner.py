@@ -17,6 +17,8 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from workers.metrics import source_context
+from workers.observe import observe_run
 from workers.pipeline.identity import IdentityResolver
 from workers.pipeline.load import (
     BatchOutcome,
@@ -33,6 +35,8 @@ from workers.pipeline.runs import (
     run_row,
     start_run,
 )
+from workers.quality.anomalies import AnomalyRules, check_run
+from workers.quality.drift import DriftGuard, DriftRules
 from workers.runtime import Runtime
 from workers.sources import build_source
 from workers.sources.base import (
@@ -93,11 +97,20 @@ async def run_source(
     totals)` is called after each committed batch (the CLI's progress bar).
     """
     src = build_source(runtime, source, path=path, options=options or {})
-    async with runtime.run_lock(src.name, wait=queued_id is not None) as acquired:
-        if not acquired:
-            log.info("run skipped: another run of this source is in progress", source=src.name)
-            return RunResult(None, src.name, "skipped")
-        return await _run(runtime, src, trigger=trigger, progress=progress, queued_id=queued_id)
+    # Every log line of the run carries its source and run_id (bound by _run once known, both
+    # unbound on the way out); upstream calls are counted under the source in the metrics.
+    context = structlog.contextvars.bound_contextvars(source=src.name, run_id=None)
+    with context, source_context(src.name):
+        async with runtime.run_lock(src.name, wait=queued_id is not None) as acquired:
+            if not acquired:
+                log.info("run skipped: another run of this source is in progress")
+                return RunResult(None, src.name, "skipped")
+            result = await _run(
+                runtime, src, trigger=trigger, progress=progress, queued_id=queued_id
+            )
+        # Outside the lock: alert retries must not hold up the source's next run.
+        await observe_run(runtime, result)
+        return result
 
 
 async def _run(
@@ -116,23 +129,30 @@ async def _run(
         run_id = await start_run(
             conn, source=source, trigger=trigger, checkpoint=checkpoints, queued_id=queued_id
         )
+    structlog.contextvars.bind_contextvars(run_id=run_id)
     bound = log.bind(run_id=run_id, source=source)
     bound.info("run started", trigger=trigger)
     totals = BatchOutcome()
     resolver = IdentityResolver()
+    # Schema drift is checked per batch as it is parsed; anomalies as each batch is written.
+    guard = DriftGuard(src.expected_fields, DriftRules.from_settings(runtime.settings))
+    rules = AnomalyRules.from_settings(runtime.settings)
     status, error = "succeeded", None
     try:
         # Inside the try: a cancellation while announcing still closes the run.
         async with runtime.engine.connect() as conn:
-            await publish(runtime.broker, RUNS_CHANNEL, await run_row(conn, run_id))
+            row = await run_row(conn, run_id)
+        await publish(runtime.broker, RUNS_CHANNEL, row, metrics=runtime.metrics)
         postgres = engine.dialect.name == "postgresql"
-        batches = _read_ahead(src, _checkpoint_for(src, checkpoints), postgres=postgres)
+        batches = _read_ahead(
+            src, _checkpoint_for(src, checkpoints), postgres=postgres, guard=guard
+        )
         # One connection for the run's batches (one transaction each): no checkout and ping per
         # batch. A connection lost between batches fails the run, which the next run resumes.
         async with contextlib.aclosing(batches), engine.connect() as writer:
             async for ready in batches:
                 batch = ready.batch
-                outcome = await _load(writer, run_id, source, ready, resolver)
+                outcome = await _load(writer, run_id, source, ready, resolver, rules)
                 _add(totals, outcome)
                 checkpoints[batch.stream] = batch.checkpoint
                 if progress is not None:
@@ -145,7 +165,7 @@ async def _run(
                     }
                     if outcome.updated_ids:
                         event["updated_ids"] = outcome.updated_ids
-                    await publish(runtime.broker, PRICES_CHANNEL, event)
+                    await publish(runtime.broker, PRICES_CHANNEL, event, metrics=runtime.metrics)
                 limit = runtime.settings.fail_after_rows
                 if limit is not None and totals.fetched >= limit:
                     raise InjectedFailure(f"injected failure after {totals.fetched} rows")
@@ -167,7 +187,9 @@ async def _run(
     except Exception as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         bound.warning("run failed", error=error, exc_info=not isinstance(exc, SourceError))
-    row = await _finish(runtime, run_id, status, error, checkpoints, resolver)
+    row = await _finish(
+        runtime, run_id, status, error, checkpoints, resolver, run_metrics=src.run_metrics
+    )
     counts = {
         key: int(row[key]) for key in ("fetched", "inserted", "updated", "skipped", "quarantined")
     }
@@ -183,7 +205,11 @@ async def _finish(
     error: str | None,
     checkpoints: dict[str, dict[str, Any]],
     resolver: IdentityResolver,
+    *,
+    run_metrics: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    """Close the run; its run-level anomalies (`run_metrics` against the source's earlier runs)
+    are recorded in the same transaction."""
     details = (
         {
             "ambiguous": [
@@ -203,12 +229,18 @@ async def _finish(
         row = await finish_run(
             conn, run_id, status=status, error=error, checkpoint=checkpoints, details=details
         )
-    await publish(runtime.broker, RUNS_CHANNEL, row)
+        await check_run(conn, row, AnomalyRules.from_settings(runtime.settings), run_metrics)
+    await publish(runtime.broker, RUNS_CHANNEL, row, metrics=runtime.metrics)
     return row
 
 
 async def _load(
-    conn: AsyncConnection, run_id: int, source: str, ready: _Parsed, resolver: IdentityResolver
+    conn: AsyncConnection,
+    run_id: int,
+    source: str,
+    ready: _Parsed,
+    resolver: IdentityResolver,
+    rules: AnomalyRules,
 ) -> BatchOutcome:
     try:
         async with conn.begin():
@@ -221,6 +253,7 @@ async def _load(
                 rejected=ready.rejected,
                 resolver=resolver,
                 serialized=ready.serialized,
+                checks=rules,
             )
     except BaseException:
         resolver.forget()  # ids created in the rolled-back transaction do not exist
@@ -237,8 +270,11 @@ class _Parsed:
     serialized: Serialized
 
 
-def _parse(src: Source, batch: Batch, postgres: bool) -> _Parsed:
+def _parse(src: Source, batch: Batch, postgres: bool, guard: DriftGuard) -> _Parsed:
     """Validate every item of `batch` and serialize the batch for writing (in a worker thread).
+
+    `guard` compares the items with the source's declared fields first: the batch comes back
+    with its drift findings, and the parser with renames applied and doubtful rows held back.
 
     PostgreSQL writes from the serialized batch alone, so its records are dropped chunk by chunk:
     records kept for the whole batch age into the GC's older generations, whose collections then
@@ -247,7 +283,8 @@ def _parse(src: Source, batch: Batch, postgres: bool) -> _Parsed:
     parsed: list[tuple[SourceItem, PriceRecord]] = []
     rejected: list[tuple[SourceItem, str]] = []
     serializer = Serializer(source=src.name, postgres=postgres)
-    parse, items = src.parse, batch.items
+    batch, parse = guard.prepare(batch, src.parse)
+    items = batch.items
     for start in range(0, len(items), _PARSE_CHUNK):
         chunk = items[start : start + _PARSE_CHUNK]
         records = []
@@ -266,7 +303,7 @@ def _parse(src: Source, batch: Batch, postgres: bool) -> _Parsed:
 
 
 async def _read_ahead(
-    src: Source, checkpoint: Any, *, postgres: bool
+    src: Source, checkpoint: Any, *, postgres: bool, guard: DriftGuard
 ) -> AsyncGenerator[_Parsed, None]:
     """The source's batches, parsed; batch N+1 is fetched and parsed (in a worker thread) while
     the caller writes batch N. Only writing commits, so checkpoints mean what they meant."""
@@ -274,7 +311,9 @@ async def _read_ahead(
 
     async def following() -> _Parsed | None:
         batch = await anext(batches, None)
-        return None if batch is None else await asyncio.to_thread(_parse, src, batch, postgres)
+        if batch is None:
+            return None
+        return await asyncio.to_thread(_parse, src, batch, postgres, guard)
 
     ahead = asyncio.ensure_future(following())
     try:

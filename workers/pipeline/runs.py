@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
+from prometheus_client import Counter
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -102,11 +103,24 @@ def _default(value: object) -> str:
     return str(value)
 
 
-async def publish(broker: Broker, channel: str, payload: Any) -> None:
+class PublishCounter(Protocol):
+    """Counts publishes by channel and outcome (the ingestion metrics)."""
+
+    @property
+    def broker_published(self) -> Counter: ...
+
+
+async def publish(
+    broker: Broker, channel: str, payload: Any, *, metrics: PublishCounter | None = None
+) -> None:
     """Publish after commit; a broker outage is logged, never fails the run (data is stored)."""
+    outcome = "ok"
     try:
         await broker.publish(channel, encode(payload))
     except BrokerUnavailable as exc:
+        outcome = "failed"
         log.warning(
             "broker publish failed; subscribers will replay", channel=channel, error=str(exc)
         )
+    if metrics is not None:
+        metrics.broker_published.labels(channel, outcome).inc()

@@ -3,15 +3,18 @@
 A source is one module in `workers/sources/`. It fetches (HTTP or file) and yields `Batch`es; each
 batch carries the checkpoint that is true once the batch is committed. `parse` turns one raw item
 into a validated `PriceRecord` or raises `RecordError` with a reason (the item is quarantined).
+A source declares the fields it expects (`expected_fields`), which the pipeline compares with what
+arrives (`workers.quality.drift`); a source may also report drift it sees itself (`Batch.drift`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 
@@ -34,6 +37,47 @@ class SourceItem:
     origin: str  # where it came from: "GET /coins/markets?page=2" or "prices.csv:17"
 
 
+# What a field's values must be readable as: "number" and "time" accept what the normalizers
+# accept (numbers as strings, unix times, ISO text); "any" accepts everything.
+FieldKind = Literal["number", "text", "time", "object", "array", "boolean", "any"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedField:
+    """One field a source's items are documented to carry; `path` is dotted for nested objects
+    ("quotes.USD.price"). Only objects declared with children are looked into."""
+
+    path: str
+    kind: FieldKind
+    required: bool = False  # an item without it cannot become a price
+    # Sent by some plans or versions and not others: its absence is not drift.
+    may_be_absent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DriftFinding:
+    """One difference between what a source declares and what arrived, and what was done.
+
+    kind: missing, new, renamed or retyped. `field` is the name as it arrived (for missing: the
+    declared name); `matched_field` the declared field a new or renamed one was matched to.
+    action: auto_mapped, quarantined (rows held back), ignored (a match too weak to use) or
+    recorded (nothing held back).
+    """
+
+    kind: str
+    field: str
+    action: str
+    matched_field: str | None = None
+    confidence: float | None = None
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+    scope: str = ""  # what the finding is about within the source: "" or the CSV file
+
+    @property
+    def key(self) -> tuple[str, str, str | None, str, str]:
+        """Findings with the same key are one finding (recorded once per run)."""
+        return (self.kind, self.field, self.matched_field, self.action, self.scope)
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Items that are committed together with the checkpoint that covers them."""
@@ -42,6 +86,7 @@ class Batch:
     checkpoint: dict[str, Any]
     stream: str = ""  # checkpoint key within the source: "" for APIs, the file for CSV
     meta: dict[str, Any] = field(default_factory=dict)
+    drift: tuple[DriftFinding, ...] = ()  # recorded with the batch, in its transaction
 
 
 class PriceRecord(BaseModel):
@@ -71,6 +116,10 @@ class Source(Protocol):
     """The interface the pipeline drives."""
 
     name: ClassVar[str]
+    # The fields items should have; empty: items are not compared (the source checks its shape).
+    expected_fields: ClassVar[tuple[ExpectedField, ...]]
+    # Run-level numbers comparable from run to run (see workers.quality.anomalies.RUN_METRICS).
+    run_metrics: ClassVar[tuple[str, ...]]
 
     def batches(self, checkpoint: Mapping[str, Any] | None) -> AsyncIterator[Batch]:
         """Yield batches after `checkpoint` (None: from the start)."""

@@ -30,7 +30,14 @@ from workers.pipeline.normalize import (
     to_utc,
 )
 from workers.ratelimit import RateLimiter
-from workers.sources.base import Batch, PriceRecord, RecordError, SourceError, SourceItem
+from workers.sources.base import (
+    Batch,
+    ExpectedField,
+    PriceRecord,
+    RecordError,
+    SourceError,
+    SourceItem,
+)
 from workers.sources.payloads import (
     decimal_extras,
     describe_json,
@@ -61,6 +68,21 @@ _EXTRA_NUMBERS = (
     "atl_change_percentage",
 )
 _EXTRA_TIMES = ("ath_date", "atl_date")
+# The documented /coins/markets item (without the optional sparkline and extra price changes).
+MARKET_FIELDS = (
+    ExpectedField("id", "text", required=True),
+    ExpectedField("symbol", "text"),
+    ExpectedField("name", "text"),
+    ExpectedField("image", "text"),
+    ExpectedField("current_price", "number", required=True),
+    ExpectedField("market_cap", "number"),
+    ExpectedField("market_cap_rank", "number"),
+    ExpectedField("total_volume", "number"),
+    *(ExpectedField(name, "number") for name in _EXTRA_NUMBERS),
+    *(ExpectedField(name, "time") for name in _EXTRA_TIMES),
+    ExpectedField("roi", "object"),
+    ExpectedField("last_updated", "time", required=True),
+)
 
 
 def utc_now() -> datetime:
@@ -126,6 +148,8 @@ class CoinGeckoSource:
     """Current prices of the top coins by market cap from /coins/markets (USD)."""
 
     name: ClassVar[str] = "coingecko"
+    expected_fields: ClassVar[tuple[ExpectedField, ...]] = MARKET_FIELDS
+    run_metrics: ClassVar[tuple[str, ...]] = ("fetched", "inserted", "duration", "error_rate")
 
     def __init__(
         self,
@@ -292,6 +316,10 @@ class CoinGeckoHistorySource:
     """
 
     name: ClassVar[str] = "coingecko"
+    # Its items are assembled here from the chart's arrays, whose shape `chart_items` checks.
+    expected_fields: ClassVar[tuple[ExpectedField, ...]] = ()
+    # A backfill's size depends on its range: only its error rate compares with other runs.
+    run_metrics: ClassVar[tuple[str, ...]] = ("error_rate",)
 
     def __init__(
         self,

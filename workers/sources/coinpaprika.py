@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from workers.http import UpstreamClient
 from workers.pipeline.normalize import clean_text, require_decimal, require_utc, to_decimal
 from workers.ratelimit import RateLimiter
-from workers.sources.base import Batch, PriceRecord, RecordError, SourceItem
+from workers.sources.base import Batch, ExpectedField, PriceRecord, RecordError, SourceItem
 from workers.sources.payloads import (
     decimal_extras,
     latest_time,
@@ -36,6 +36,28 @@ _EXTRA_QUOTE_NUMBERS = (
     "ath_price",
     "percent_from_price_ath",
 )
+# The documented /tickers item with its USD quote (other quotes are reported as new fields).
+TICKER_FIELDS = (
+    ExpectedField("id", "text", required=True),
+    ExpectedField("name", "text"),
+    ExpectedField("symbol", "text"),
+    ExpectedField("rank", "number"),
+    *(ExpectedField(name, "number") for name in _EXTRA_NUMBERS),
+    ExpectedField("first_data_at", "time"),
+    ExpectedField("last_updated", "time", required=True),
+    ExpectedField("quotes", "object", required=True),
+    ExpectedField("quotes.USD", "object", required=True),
+    ExpectedField("quotes.USD.price", "number", required=True),
+    ExpectedField("quotes.USD.volume_24h", "number"),
+    ExpectedField("quotes.USD.market_cap", "number"),
+    *(ExpectedField(f"quotes.USD.{name}", "number") for name in _EXTRA_QUOTE_NUMBERS),
+    # Documented, though not in every answer (nor kept in `extra`).
+    *(
+        ExpectedField(f"quotes.USD.percent_change_{span}", "number", may_be_absent=True)
+        for span in ("15m", "30m", "6h", "12h")
+    ),
+    ExpectedField("quotes.USD.ath_date", "time"),
+)
 
 
 def api_key_headers(api_key: str | None) -> dict[str, str]:
@@ -47,6 +69,8 @@ class CoinPaprikaSource:
     """Current USD prices of every coin CoinPaprika lists (2000 on the free plan)."""
 
     name: ClassVar[str] = "coinpaprika"
+    expected_fields: ClassVar[tuple[ExpectedField, ...]] = TICKER_FIELDS
+    run_metrics: ClassVar[tuple[str, ...]] = ("fetched", "inserted", "duration", "error_rate")
 
     def __init__(
         self,

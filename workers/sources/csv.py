@@ -21,7 +21,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
-from workers.sources.base import Batch, PriceRecord, RecordError, SourceError, SourceItem
+from workers.sources.base import (
+    Batch,
+    ExpectedField,
+    PriceRecord,
+    RecordError,
+    SourceError,
+    SourceItem,
+)
 from workers.sources.csv_layout import CsvLayout, layout_for_headers, read_layout
 from workers.sources.csv_rows import RowParser
 from workers.sources.csv_stream import (
@@ -41,6 +48,11 @@ class CsvSource:
 
     name: ClassVar[str] = "csv"
     multi_stream: ClassVar[bool] = True
+    # Each file's headers are mapped by fuzzy names (csv_columns); headers that map to nothing
+    # are reported as drift with the file's first batch.
+    expected_fields: ClassVar[tuple[ExpectedField, ...]] = ()
+    # A run reads what files gained since the last: only its error rate compares with others.
+    run_metrics: ClassVar[tuple[str, ...]] = ("error_rate",)
 
     def __init__(self, paths: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         if batch_size < 1:
@@ -177,7 +189,8 @@ class _FileReader:
                 meta["layout"] = self.layout.describe()
                 if self.reset:
                     meta["reset"] = self.reset
-            yield Batch(items=items, checkpoint=checkpoint, stream=self.key, meta=meta)
+            drift = self.layout.drift() if first else ()
+            yield Batch(items=items, checkpoint=checkpoint, stream=self.key, meta=meta, drift=drift)
             first = False
             if len(items) < size:
                 return

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import PurePath
 from typing import Any
 
-from workers.sources.base import SourceError
+from workers.sources.base import DriftFinding, SourceError
 from workers.sources.csv_columns import PAIR_QUOTES, USD_QUOTES, HeaderMapping, map_headers
 
 DELIMITERS = (",", ";", "\t", "|")
@@ -56,6 +56,23 @@ class CsvLayout:
     @property
     def columns(self) -> dict[str, str]:
         return self.mapping.columns
+
+    def drift(self) -> tuple[DriftFinding, ...]:
+        """The headers that map to no field (kept in `extra`), as drift findings of this file.
+
+        Known spellings and alternatives ("Adj Close", a second volume) are not drift."""
+        volumes = set(self.mapping.volume_candidates)
+        return tuple(
+            DriftFinding(
+                kind="new",
+                field=match.header,
+                action="recorded",
+                detail={"file": self.file, "kept_in": "extra"},
+                scope=self.file,
+            )
+            for match in self.mapping.matches
+            if match.field is None and match.header not in volumes
+        )
 
     def describe(self) -> dict[str, Any]:
         """The mapping for run metadata and drift records."""

@@ -1,0 +1,81 @@
+"""Under uvicorn as `kasparro serve` configures it, a burst of messages to a client leaves in a
+few socket writes, not one per message, and arrives whole and in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from server.broker import RedisBroker
+from server.live.direct import DirectWriter
+from server.tables import prices
+from tests.live.conftest import Stack
+from tests.support.live_server import serve_uvicorn
+from tests.support.seed import seed_assets, seed_prices
+from tests.support.subscribers import PRICE_UPDATES, TRANSPORT_WS, assert_delivers, gql_subscriber
+from workers.pipeline.runs import PRICES_CHANNEL, publish
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+async def test_a_burst_reaches_a_client_in_a_few_writes(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    write = DirectWriter.write
+
+    async def counted(self: DirectWriter, frames: Iterable[str]) -> None:
+        batch = list(frames)
+        writes.append(len(batch))
+        await write(self, batch)
+
+    monkeypatch.setattr(DirectWriter, "write", counted)
+    btc = (await seed_assets(stack.engine, ("bitcoin", "BTC", "Bitcoin")))["bitcoin"]
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    broker = RedisBroker(stack.redis.url)  # the workers' broker: the default channel prefix
+    try:
+        async with (
+            serve_uvicorn(stack.settings) as server,
+            gql_subscriber(server.graphql_ws, PRICE_UPDATES, protocol=TRANSPORT_WS) as client,
+        ):
+            minute = iter(range(10_000))
+
+            async def commit(count: int) -> list[int]:
+                """Commit `count` prices and announce them as the pipeline does."""
+                before = await newest_id(stack)
+                rows = [
+                    (btc, "csv", t0 + timedelta(minutes=next(minute)), Decimal(7))
+                    for _ in range(count)
+                ]
+                await seed_prices(stack.engine, rows)
+                async with stack.engine.connect() as conn:
+                    query = select(prices.c.id).where(prices.c.id > before).order_by(prices.c.id)
+                    ids = [int(i) for i in await conn.scalars(query)]
+                await publish(broker, PRICES_CHANNEL, {"prices": [{"id": i} for i in ids]})
+                return ids
+
+            # The subscription starts in the background: once a price arrives, it listens.
+            async with asyncio.timeout(15):
+                while not client.results:
+                    await commit(1)
+                    await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)  # let any in-flight message in
+            received_before = len(client.results)
+            writes.clear()
+            burst = await commit(100)
+            await assert_delivers(client, client.ids()[:received_before] + burst, live=True)
+    finally:
+        await broker.close()
+    assert client.ids()[received_before:] == burst
+    assert sum(writes) == 100  # every message took the direct path
+    assert len(writes) <= 10
+
+
+async def newest_id(stack: Stack) -> int:
+    async with stack.engine.connect() as conn:
+        return int(await conn.scalar(select(func.max(prices.c.id))) or 0)
