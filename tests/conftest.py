@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -76,13 +77,20 @@ async def redis_namespace(redis_url: str) -> AsyncIterator[str]:
         yield namespace
 
 
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    """A migrated database (SQLite and PostgreSQL in turn) and its engine."""
-    settings = Settings.load(_env_file=None, DATABASE_URL=db_url)
+@asynccontextmanager
+async def migrated_engine(url: str) -> AsyncIterator[AsyncEngine]:
+    """The database at `url` migrated to head, and its engine (disposed afterwards)."""
+    settings = Settings.load(_env_file=None, DATABASE_URL=url)
     engine = create_engine(settings)
     await upgrade(engine, settings)
     try:
         yield engine
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """A migrated database (SQLite and PostgreSQL in turn) and its engine."""
+    async with migrated_engine(db_url) as engine:
+        yield engine

@@ -9,7 +9,6 @@ import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,11 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.websockets import WebSocketDisconnect
 
-from server.db import create_engine
 from server.live.execution import SelectionRenderer
-from server.migrate import upgrade
-from server.settings import Settings
 from server.tables import prices
+from tests.conftest import migrated_engine
 from tests.schema.conftest import app_settings
 from tests.support.asgi import running_app
 from tests.support.live_app import LEGACY_WS, T0, Live, next_data, run_in_app
@@ -41,17 +38,10 @@ subscription($symbols: [String!], $after: String) {
 
 
 @pytest.fixture
-async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+async def sqlite_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
     """Protocol behaviour does not depend on the database: SQLite only."""
-    settings = Settings.load(
-        _env_file=None, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'live.db'}"
-    )
-    engine = create_engine(settings)
-    await upgrade(engine, settings)
-    try:
+    async with migrated_engine(sqlite_url) as engine:
         yield engine
-    finally:
-        await engine.dispose()
 
 
 def close_code(ws: Any) -> tuple[int, str]:

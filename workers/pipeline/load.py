@@ -16,7 +16,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import groupby
 from json.encoder import encode_basestring_ascii as _quote
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Text, bindparam, cast, func, or_, select, text, update
@@ -27,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from server.tables import checkpoints, etl_runs, prices, quarantine, raw_records
 from workers.pipeline.identity import CoinRef, IdentityResolver, Resolved
 from workers.quality.anomalies import AnomalyRules
-from workers.quality.price_anomalies import WrittenPrice, check_prices
+from workers.quality.price_anomalies import Survey, WrittenPrice, check_prices, survey_prices
 from workers.quality.store import record_drift
 from workers.sources.base import Batch, PriceRecord, SourceItem
 
@@ -257,9 +259,10 @@ async def write_batch(
     raw_id = await _insert_raw(conn, run_id, source, batch, serialized) if batch.items else None
     if serialized.count:
         identities = await resolver.resolve(conn, serialized.coins)
+        survey = None
         if postgres:
-            written = await _upsert_postgres(
-                conn, outcome, run_id, raw_id, source, serialized, identities
+            written, survey = await _upsert_postgres(
+                conn, outcome, run_id, raw_id, source, serialized, identities, checks
             )
         else:
             written = await _upsert_sqlite(
@@ -267,7 +270,9 @@ async def write_batch(
             )
         outcome.new_prices.sort(key=lambda price: int(price["id"]))
         if checks is not None:
-            await check_prices(conn, run_id=run_id, source=source, written=written, rules=checks)
+            await check_prices(
+                conn, run_id=run_id, source=source, written=written, rules=checks, survey=survey
+            )
     if batch.drift:
         await record_drift(conn, run_id=run_id, source=source, findings=batch.drift)
     if rejected:
@@ -325,10 +330,12 @@ async def _upsert_postgres(
     source: str,
     serialized: Serialized,
     identities: dict[str, Resolved],
-) -> list[WrittenPrice]:
+    checks: AnomalyRules | None,
+) -> tuple[list[WrittenPrice], Survey | None]:
     """COPY the staging rows into the session's staging table, then merge them into prices with
     one statement; the rows the merge inserted become the batch's new-price events. Returns the
-    rows inserted or changed."""
+    rows inserted or changed, and with `checks` what the anomaly checks need from before the
+    merge."""
     assert serialized.positions is not None
     assert serialized.rows is not None
     assert serialized.last is not None
@@ -354,6 +361,10 @@ async def _upsert_postgres(
     # Staged before the lock: only the merge needs to be serialized with other price writers.
     await driver.copy_records_to_table(_STAGE, columns=_STAGE_COLUMNS, records=rows)
     await driver.execute("SELECT pg_advisory_xact_lock($1)", PRICE_WRITE_LOCK)
+    survey = None
+    if checks is not None:  # under the lock: what it sees stays true until the merge
+        spans = _spans(rows, asset_of)
+        survey = await survey_prices(conn, source=source, spans=spans, rules=checks)
     max_before = await driver.fetchval("SELECT coalesce(max(id), 0) FROM prices")
     now = datetime.now(UTC)
     written = await driver.fetch(
@@ -384,7 +395,22 @@ async def _upsert_postgres(
     outcome.inserted += len(written) - updated
     outcome.updated += updated
     outcome.skipped += len(rows) - len(written)
-    return changed
+    return changed, survey
+
+
+def _spans(rows: list[Row], asset_of: dict[str, int]) -> dict[int, tuple[datetime, datetime]]:
+    """The earliest and latest time of the staging rows, per asset (rows come in runs of one
+    coin, in the usual file: one pass of min and max per run)."""
+    spans: dict[int, tuple[datetime, datetime]] = {}
+    for coin, run in groupby(rows, key=itemgetter(1)):
+        times = [row[2] for row in run]
+        low, high = min(times), max(times)
+        asset_id = asset_of[coin]
+        if asset_id in spans:
+            known_low, known_high = spans[asset_id]
+            low, high = min(low, known_low), max(high, known_high)
+        spans[asset_id] = (low, high)
+    return spans
 
 
 async def _upsert_sqlite(

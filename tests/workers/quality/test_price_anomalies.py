@@ -159,3 +159,64 @@ async def test_the_median_is_taken_over_every_other_observation_in_the_window(
     assert paprika.expected == Decimal("62000.25")  # median of 60000, 61000, 63000.5, 200000
     assert paprika.detail["sources"] == ["coingecko", "csv"]
     assert paprika.detail["observations"] == 4
+
+
+async def test_a_backfill_that_goes_on_is_compared_with_the_last_stored_price(
+    runtime: Runtime, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "a" / "BTC-USD.csv", tmp_path / "b" / "BTC-USD.csv"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    first.write_text("Date,Close\n2024-05-01,100\n2024-05-02,101\n2024-05-03,102\n")
+    second.write_text("Date,Close\n2024-05-04,306\n2024-05-05,307\n")
+
+    await run_source(runtime, "csv", trigger="test", path=str(first))
+    await run_source(runtime, "csv", trigger="test", path=str(second))
+
+    (jump,) = await anomaly_rows(engine, "price_jump")
+    assert (jump.value, jump.expected) == (Decimal(306), Decimal(102))
+    assert jump.detail["previous_observed_at"] == "2024-05-03T00:00:00+00:00"
+    assert jump.score == pytest.approx(3.0)
+
+
+async def test_a_price_between_stored_observations_is_compared_with_the_one_before_it(
+    runtime: Runtime, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "a" / "BTC-USD.csv", tmp_path / "b" / "BTC-USD.csv"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    first.write_text("Date,Close\n2024-05-01,100\n2024-05-03,100\n2024-05-05,100\n")
+    # Each is a jump from the stored price before it, not from the other (equal) one.
+    second.write_text("Date,Close\n2024-05-02,400\n2024-05-04,400\n")
+
+    await run_source(runtime, "csv", trigger="test", path=str(first))
+    await run_source(runtime, "csv", trigger="test", path=str(second))
+
+    jumps = await anomaly_rows(engine, "price_jump")
+    assert [(a.value, a.expected) for a in jumps] == [(Decimal(400), Decimal(100))] * 2
+    assert sorted(a.detail["previous_observed_at"] for a in jumps) == [
+        "2024-05-01T00:00:00+00:00",
+        "2024-05-03T00:00:00+00:00",
+    ]
+
+
+async def test_each_asset_of_a_batch_is_compared_with_its_own_previous_price(
+    runtime: Runtime, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    path = tmp_path / "prices.csv"
+    path.write_text(  # newest first, the coins interleaved
+        "Name,Symbol,Date,Close\n"
+        "Bitcoin,BTC,2024-05-03,250\n"
+        "Ethereum,ETH,2024-05-03,3100\n"
+        "Bitcoin,BTC,2024-05-02,101\n"
+        "Ethereum,ETH,2024-05-02,3000\n"
+        "Bitcoin,BTC,2024-05-01,100\n"
+        "Ethereum,ETH,2024-05-01,3050\n"
+    )
+
+    await run_source(runtime, "csv", trigger="test", path=str(path))
+
+    (jump,) = await anomaly_rows(engine, "price_jump")
+    assert (jump.value, jump.expected) == (Decimal(250), Decimal(101))
+    assert jump.detail == {"previous_observed_at": "2024-05-02T00:00:00+00:00", "factor": 2.0}
+    assert await anomaly_rows(engine, "price_divergence") == []
