@@ -52,10 +52,6 @@ class PriceCommit:
     rows: list[PriceRow]
 
 
-class Overflow(Exception):
-    """A subscriber fell too far behind; it is closed and told why."""
-
-
 class Subscriber:
     """One subscription's place in a feed. `push` is called for every live item (with the
     feed's rendered payload, None for a feed without renderer) and must not block."""
@@ -93,10 +89,9 @@ class Renderer:
 class Feed:
     """Subscriptions with the same stream key and the same renderer key share one feed."""
 
-    __slots__ = ("hub", "key", "renderer", "stream", "subscribers")
+    __slots__ = ("key", "renderer", "stream", "subscribers")
 
-    def __init__(self, hub: LiveHub, key: Hashable, stream: Stream, renderer: Renderer | None):
-        self.hub = hub
+    def __init__(self, key: Hashable, stream: Stream, renderer: Renderer | None) -> None:
         self.key = key
         self.stream = stream
         self.renderer = renderer
@@ -165,7 +160,6 @@ class LiveHub:
         self._topics: dict[str, dict[Feed, None]] = {PRICES_TOPIC: {}, RUNS_TOPIC: {}}
         self._last: int | None = None  # the highest price id read (or skipped while idle)
         self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
         self._on_delivered = on_delivered
         self._on_received = on_received
 
@@ -205,7 +199,7 @@ class LiveHub:
         key = (stream.topic, stream.key, renderer_key)
         feed = self._feeds.get(key)
         if feed is None:
-            feed = Feed(self, key, stream, make_renderer())
+            feed = Feed(key, stream, make_renderer())
             self._feeds[key] = feed
             self._topics[stream.topic][feed] = None
         feed.subscribers[sub] = None
@@ -263,7 +257,6 @@ class LiveHub:
             async with self.broker.subscribe(PRICES_CHANNEL, RUNS_CHANNEL) as events:
                 subscribed.set_result(None)
                 self._last = await self._retry("read the newest price id", self._newest_id)
-                self._ready.set()
                 async for event in events:
                     await self._handle(event)
         except BaseException as exc:

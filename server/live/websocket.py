@@ -5,9 +5,10 @@ shared path: the hub executes each item once per feed and this module only wraps
 each subscriber's message id. Queries, mutations and any other subscription run through
 Strawberry, one execution per operation, as over HTTP.
 
-Every connection has one writer task and a bounded queue of outgoing frames: publishing never
-waits for a client. A client whose queue grows past KASPARRO_WS_MAX_QUEUE_BYTES is clowith
-code 1013 and a reason saying so (it may reconnect with `after` and lose nothing), so memory stays
+Every connection has a bounded queue of outgoing frames, and a writer task only while the queue
+holds any (an idle connection keeps no task, nor the last burst it sent): publishing never waits
+for a client. A client whose queue grows past KASPARRO_WS_MAX_QUEUE_BYTES is closed with code
+1013 and a reason saying so (it may reconnect with `after` and lose nothing), so memory stays
 bounded and a slow client never delays the others.
 """
 
@@ -186,6 +187,30 @@ class WsSubscriber(Subscriber):
 class Connection:
     """One client: the protocol state machine, its operations and its outgoing queue."""
 
+    __slots__ = (
+        "_drained",
+        "_replaying",
+        "_timer",
+        "_writer",
+        "acknowledged",
+        "api_key",
+        "closing",
+        "context",
+        "hub",
+        "init_received",
+        "legacy",
+        "max_bytes",
+        "operations",
+        "protocol",
+        "queue",
+        "queued_bytes",
+        "receive",
+        "scope",
+        "send",
+        "server",
+        "settings",
+    )
+
     def __init__(
         self,
         server: LiveServer,
@@ -206,8 +231,8 @@ class Connection:
         self.queue: deque[str | Close] = deque()
         self.queued_bytes = 0
         self.max_bytes = server.settings.ws_max_queue_bytes
-        self._wake = asyncio.Event()
-        self._drained = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None  # while frames are queued
+        self._drained: asyncio.Event | None = None  # made when a replay first waits
         self._replaying = 0  # replays waiting for the queue to drain
         self.operations: dict[str, WsSubscriber | asyncio.Task[None]] = {}
         self.init_received = False
@@ -239,7 +264,6 @@ class Connection:
             metrics.ws_connections.labels(self.protocol).inc()
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.settings.ws_init_timeout, self._init_timeout)
-        writer = asyncio.create_task(self._write(), name="ws-writer")
         try:
             while True:
                 message = await self.receive()
@@ -256,42 +280,48 @@ class Connection:
             self.closing = True
             for operation_id in list(self.operations):
                 self._stop(operation_id)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
 
     async def _write(self) -> None:
-        """Send queued frames in order; the Close frame ends the writer. Under uvicorn's
-        sans-I/O protocol every frame waiting is written with one system call (server.live.
-        direct); elsewhere, one ASGI send per frame."""
+        """Send queued frames in order until the queue is empty; the Close frame ends the
+        connection's writing. Under uvicorn's sans-I/O protocol every frame waiting is written
+        with one system call (server.live.direct); elsewhere, one ASGI send per frame."""
         queue = self.queue
         send = self.send
         direct = DirectWriter.of(send)
         try:
-            while True:
-                if not queue:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
+            while queue:
                 if direct is not None and not isinstance(queue[0], Close):
-                    batch = self._take_batch()
-                    await direct.write(batch)
+                    await direct.write(self._take_batch())
                 else:
                     frame = queue.popleft()
                     if isinstance(frame, Close):
                         await send(
                             {"type": "websocket.close", "code": frame.code, "reason": frame.reason}
                         )
+                        queue.clear()
                         return
                     self.queued_bytes -= len(frame)
                     await send({"type": "websocket.send", "text": frame})
                 if self._replaying and self.queued_bytes <= self.max_bytes // 2:
+                    assert self._drained is not None
                     self._drained.set()
         except (OSError, Gone):
-            return  # the client is gone; the reader sees the disconnect
+            self.closing = True  # the client is gone; the reader sees the disconnect
         except Exception as exc:
             # Uvicorn's ClientDisconnected and the like.
+            self.closing = True
             log.debug("websocket send failed", error=repr(exc))
+        finally:
+            self._writer = None
+
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
 
     def _take_batch(self) -> list[str]:
         """The text frames at the head of the queue, up to WRITE_BATCH_BYTES."""
@@ -316,15 +346,16 @@ class Connection:
         if self.queued_bytes + size > self.max_bytes:
             self.overflow(f"more than {self.max_bytes} bytes of messages were waiting")
             return
-        queue = self.queue
-        if not queue:
-            self._wake.set()  # the writer waits only when the queue is empty
-        queue.append(frame)
+        self.queue.append(frame)
         self.queued_bytes += size
+        if self._writer is None:
+            self._start_writer()
 
     async def enqueue_when_drained(self, frame: str) -> None:
         """Queue one frame of a replay: waits while the queue is more than half full."""
         while self.queued_bytes > self.max_bytes // 2 and not self.closing:
+            if self._drained is None:
+                self._drained = asyncio.Event()
             self._replaying += 1
             self._drained.clear()
             try:
@@ -344,8 +375,9 @@ class Connection:
         for operation_id in list(self.operations):
             self._stop(operation_id)
         self.queue.append(Close(code, reason[:120]))
-        self._wake.set()
-        self._drained.set()
+        self._start_writer()
+        if self._drained is not None:
+            self._drained.set()
 
     def overflow(self, reason: str) -> None:
         """The client fell too far behind: drop what waits and close, telling it why."""
