@@ -340,27 +340,44 @@ function renderFeed(price) {
 }
 
 let renderQueued = false;
+let pricesChanged = false;
+let feedPending = []; // prices received since the last frame, oldest first
 
-function schedulePriceRender() {
+/** Draw what arrived at most once per animation frame: a burst of thousands of prices (a
+ * backfill) costs one table render and the newest FEED_SIZE feed lines, not one per price. */
+function scheduleRender() {
   if (renderQueued) return;
   renderQueued = true;
   requestAnimationFrame(() => {
     renderQueued = false;
-    renderPrices();
-    syncCharts();
+    const arrived = feedPending.slice(-FEED_SIZE);
+    feedPending = [];
+    arrived.forEach(renderFeed);
+    if (pricesChanged) {
+      pricesChanged = false;
+      renderPrices();
+      syncCharts();
+    }
+    renderConnection();
   });
+}
+
+function schedulePriceRender() {
+  pricesChanged = true;
+  scheduleRender();
 }
 
 function onPrice(price) {
   state.lastCursor = price.cursor;
   state.lastUpdateAt = Date.now();
-  renderFeed(price);
+  feedPending.push(price);
+  if (feedPending.length > 4 * FEED_SIZE) feedPending = feedPending.slice(-FEED_SIZE);
   if (addPrice(price)) {
-    schedulePriceRender();
+    pricesChanged = true;
     const chart = state.charts.get(price.assetId);
     if (chart) scheduleCandles(price.assetId, 1500);
   }
-  renderConnection();
+  scheduleRender();
 }
 
 // ---- candles ----
