@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -15,6 +16,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.subscriptions import GRAPHQL_SSE_PROTOCOL, MULTIPART_SUBSCRIPTION_PROTOCOL
+from strawberry.types import ExecutionResult
 
 from schema.context import Context
 from schema.loaders import create_loaders
@@ -42,6 +45,19 @@ from workers.pipeline.runs import PRICES_CHANNEL, RUNS_CHANNEL
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's ASGI app with our typed per-request context."""
 
+    async def execute_single(self, *args: Any, **kwargs: Any) -> ExecutionResult:
+        """A plain (non-streaming) HTTP request: a subscription gets a clear error saying how
+        to stream it, instead of being run once as if it were a query."""
+        request_data = kwargs.get("request_data", args[-1] if args else None)
+        query = getattr(request_data, "query", None)
+        if isinstance(query, str) and "subscription" in query:
+            name = getattr(request_data, "operation_name", None)
+            if _is_subscription(query, name):
+                error = GraphQLError(SUBSCRIPTION_OVER_HTTP, extensions={"code": "STREAM_REQUIRED"})
+                meta = {"requestId": current_request_id(), "latencyMs": 0.0}
+                return ExecutionResult(data=None, errors=[error], extensions=meta)
+        return await super().execute_single(*args, **kwargs)
+
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         return self.context_for(request)
 
@@ -66,6 +82,20 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(self.ide_html or self.graphql_ide_html)
+
+
+SUBSCRIPTION_OVER_HTTP = (
+    "subscriptions stream: connect a WebSocket to /graphql (graphql-transport-ws or graphql-ws), "
+    "or POST with `Accept: multipart/mixed;subscriptionSpec=1.0` or `Accept: text/event-stream`"
+)
+
+
+def _is_subscription(query: str, operation_name: str | None) -> bool:
+    try:
+        operation = get_operation_ast(parse(query), operation_name)
+    except GraphQLError:
+        return False  # the normal path reports the syntax error
+    return operation is not None and operation.operation == OperationType.SUBSCRIPTION
 
 
 def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
@@ -128,6 +158,9 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
     graphql = GraphQLApp(
         build_schema(settings, metrics=metrics),
         graphql_ide="graphiql" if settings.graphiql else None,
+        # Subscriptions over HTTP too: multipart responses (Apollo Client, urql) and
+        # graphql-sse. WebSocket subscriptions are the live server's (server.live).
+        subscription_protocols=(MULTIPART_SUBSCRIPTION_PROTOCOL, GRAPHQL_SSE_PROTOCOL),
     )
     if settings.graphiql:
         graphql.ide_html = graphiql_html()

@@ -454,3 +454,20 @@ async def test_a_slow_client_is_closed_and_told_why_while_others_get_everything(
     # It got no more than its bound held before it was closed.
     assert len(slow.frames) - 1 < len(sent) // 2
     assert "kasparro_ws_slow_clients_closed_total 1.0" in metrics
+
+
+async def test_a_subscription_posted_as_a_plain_request_is_told_how_to_stream(
+    sqlite_engine: AsyncEngine,
+) -> None:
+    async with running_app(app_settings(sqlite_engine)) as (_, http):
+        posted = await http.post("/graphql", json={"query": PRICE_UPDATES})
+        fetched = await http.get("/graphql", params={"query": PRICE_UPDATES})
+    for response in (posted, fetched):
+        body = response.json()
+        assert response.status_code == 200
+        assert body["data"] is None
+        [error] = body["errors"]
+        assert error["extensions"] == {"code": "STREAM_REQUIRED"}
+        assert "graphql-transport-ws" in error["message"]
+        assert "text/event-stream" in error["message"]
+        assert body["extensions"]["requestId"] == response.headers["x-request-id"]
