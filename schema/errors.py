@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from graphql import GraphQLError
+
 
 class UserError(Exception):
     """A client's mistake or an expected condition; shown as is, with `extensions.code`."""
@@ -41,3 +43,10 @@ class ServiceUnavailable(UserError):
     """A dependency (database, broker, queue) is down; retrying later will work."""
 
     code = "SERVICE_UNAVAILABLE"
+
+
+def graphql_error(error: UserError) -> GraphQLError:
+    """`error` as a GraphQLError with its code in `extensions`, for errors raised before an
+    operation's result exists (a subscription's arguments), which ErrorPolicy does not see."""
+    extensions = {**error.extensions, "code": error.code}
+    return GraphQLError(str(error), extensions=extensions, original_error=error)

@@ -13,13 +13,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.types import Info
 
 from schema.context import Context
-from schema.errors import ServiceUnavailable, UserError
+from schema.errors import ServiceUnavailable, UserError, graphql_error
 from schema.pagination import decode_cursor, parse_int
 from schema.prices.latest import ROW_COLUMNS, PriceRow
 from schema.prices.query import validate_sources
@@ -151,12 +150,6 @@ def price_batches_stream(arguments: Mapping[str, Any]) -> PriceStream:
     return PriceStream.of(arguments, batches=True)
 
 
-def client_error(error: UserError) -> GraphQLError:
-    """`error` with its code in `extensions`, for errors raised while a subscription starts."""
-    extensions = {**error.extensions, "code": error.code}
-    return GraphQLError(str(error), extensions=extensions, original_error=error)
-
-
 def after_id(cursor: str | None) -> int | None:
     if cursor is None:
         return None
@@ -192,7 +185,7 @@ class PricesSubscription:
             stream = price_updates_stream(_arguments(symbols, sources, after))
             hub = _live(info)
         except UserError as exc:
-            raise client_error(exc) from None
+            raise graphql_error(exc) from None
         async for price in values(hub, stream):
             yield price
 
@@ -212,6 +205,6 @@ class PricesSubscription:
             stream = price_batches_stream(_arguments(symbols, sources, after))
             hub = _live(info)
         except UserError as exc:
-            raise client_error(exc) from None
+            raise graphql_error(exc) from None
         async for batch in values(hub, stream):
             yield batch

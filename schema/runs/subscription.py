@@ -14,9 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.types import Info
 
 from schema.context import Context
-from schema.errors import ServiceUnavailable, UserError
+from schema.errors import ServiceUnavailable, UserError, graphql_error
 from schema.prices.query import validate_sources
-from schema.prices.subscription import client_error
 from schema.runs.types import EtlRun
 from server.live.streams import RUNS_TOPIC, Item, Stream
 from server.live.values import values
@@ -71,6 +70,6 @@ class RunsSubscription:
             if hub is None:
                 raise ServiceUnavailable("live subscriptions are not running in this process")
         except UserError as exc:
-            raise client_error(exc) from None
+            raise graphql_error(exc) from None
         async for run in values(hub, stream):
             yield run

@@ -76,6 +76,14 @@ class Subscriber:
         raise NotImplementedError
 
 
+def unsent(stream: Stream, item: Item, last: int | None) -> Item | None:
+    """What of `item` a subscriber that was sent everything up to price id `last` still needs:
+    all of it, part of it (the hand-off after a replay), or None."""
+    if last is None or item.first is None or item.first > last:
+        return item
+    return stream.trim(item, last)
+
+
 class Renderer:
     """Executes a subscription's selection for one item and serializes the result."""
 
@@ -124,21 +132,18 @@ class Feed:
                     else:
                         sub.pending.append(item)
                     continue
-                last = sub.last
-                if last is not None and item.first is not None and item.first <= last:
-                    # Partly or wholly sent already (the hand-off after a replay).
-                    trimmed = self.stream.trim(item, last)
-                    if trimmed is None:
-                        continue
-                    sub.push(trimmed, await self.render(trimmed))
-                    sub.last = trimmed.last
-                else:
+                needed = unsent(self.stream, item, sub.last)
+                if needed is None:
+                    continue
+                if needed is item:
                     if not rendered:
                         shared = await self.render(item)
                         rendered = True
                     sub.push(item, shared)
-                    if item.last is not None:
-                        sub.last = item.last
+                else:  # partly sent already (the hand-off after a replay): its own execution
+                    sub.push(needed, await self.render(needed))
+                if needed.last is not None:
+                    sub.last = needed.last
                 queued += 1
         return queued
 
@@ -238,16 +243,12 @@ class LiveHub:
         # Items that arrive while the caller awaits are appended and taken by this same loop;
         # the switch to live happens with nothing pending, without awaiting in between.
         while sub.pending and not sub.closed:
-            item = sub.pending.popleft()
-            last = sub.last
-            if last is not None and item.first is not None and item.first <= last:
-                trimmed = feed.stream.trim(item, last)
-                if trimmed is None:
-                    continue
-                item = trimmed
-            yield item
-            if item.last is not None:
-                sub.last = item.last
+            needed = unsent(feed.stream, sub.pending.popleft(), sub.last)
+            if needed is None:
+                continue
+            yield needed
+            if needed.last is not None:
+                sub.last = needed.last
         sub.live = True
 
     # ---- the broker side ----

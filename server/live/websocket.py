@@ -31,7 +31,7 @@ from strawberry.schema.base import BaseSchema
 from strawberry.types import ExecutionResult
 
 from schema.context import Context
-from schema.errors import UserError
+from schema.errors import UserError, graphql_error
 from schema.extensions import classify_error
 from schema.loaders import create_loaders
 from server.auth import is_valid_key, presented_key
@@ -524,8 +524,7 @@ class Connection:
         try:
             stream = factory(root.arguments)
         except UserError as exc:
-            error = GraphQLError(str(exc), extensions={**exc.extensions, "code": exc.code})
-            raise RequestError([error]) from None
+            raise RequestError([graphql_error(exc)]) from None
         sub = WsSubscriber(self, operation_id, root.name)
 
         def renderer() -> SelectionRenderer:
