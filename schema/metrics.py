@@ -28,16 +28,11 @@ class OperationMetrics(SchemaExtension):
         yield
         elapsed = time.perf_counter() - started
         context = self.execution_context
-        name = self.metrics.operation_label(context.operation_name)
-        kind = _operation_type(context)
         errors = list(getattr(context.result, "errors", None) or [])
         errors += [e for e in context.pre_execution_errors or [] if e not in errors]
-        self.metrics.graphql_operations.labels(name, kind, "error" if errors else "ok").inc()
-        if kind != "subscription":
-            self.metrics.graphql_latency.labels(name, kind).observe(elapsed)
-        for error in errors:
-            code = str((error.extensions or {}).get("code") or "UNKNOWN")
-            self.metrics.graphql_errors.labels(name, kind, code).inc()
+        record_operation(
+            self.metrics, context.operation_name, _operation_type(context), elapsed, errors
+        )
 
     @classmethod
     def factory(cls, metrics: Metrics) -> Callable[[], OperationMetrics]:
@@ -47,6 +42,19 @@ class OperationMetrics(SchemaExtension):
             return cls(metrics=metrics)
 
         return make
+
+
+def record_operation(
+    metrics: Metrics, name: str | None, kind: str, elapsed: float, errors: list[Any]
+) -> None:
+    """Count one finished operation (and time it, unless it is a subscription)."""
+    label = metrics.operation_label(name)
+    metrics.graphql_operations.labels(label, kind, "error" if errors else "ok").inc()
+    if kind != "subscription":
+        metrics.graphql_latency.labels(label, kind).observe(elapsed)
+    for error in errors:
+        code = str((error.extensions or {}).get("code") or "UNKNOWN")
+        metrics.graphql_errors.labels(label, kind, code).inc()
 
 
 def _operation_type(context: Any) -> str:

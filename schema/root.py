@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import strawberry
 from graphql import GraphQLError
 from strawberry.schema.config import StrawberryConfig
@@ -9,6 +11,7 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from schema.assets.query import AssetsQuery
+from schema.documents import CachedDocuments, DocumentCache
 from schema.extensions import ErrorPolicy, ResponseMeta
 from schema.metrics import OperationMetrics
 from schema.prices.market import MarketQuery
@@ -24,7 +27,7 @@ from schema.runs.query import RunsQuery
 from schema.runs.subscription import RunsSubscription, RunStream
 from schema.scalars import SCALAR_MAP
 from schema.system.query import SystemQuery
-from server.limits import protection_extensions
+from server.limits import DocumentLimits, document_limits
 from server.live.streams import StreamFactory
 from server.metrics import Metrics
 from server.settings import Settings
@@ -44,8 +47,13 @@ LIVE_STREAMS: dict[str, StreamFactory] = {
 
 
 class Schema(strawberry.Schema):
-    """Errors are classified and logged by ErrorPolicy; the default logs every client mistake
-    with a stack trace."""
+    """Strawberry's schema with its documents parsed and validated once per text under `limits`
+    (`documents`, see schema.documents). Errors are classified and logged by ErrorPolicy; the
+    default logs every client mistake with a stack trace."""
+
+    def __init__(self, *args: Any, limits: DocumentLimits | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.documents = DocumentCache(self._schema, limits)
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -53,21 +61,19 @@ class Schema(strawberry.Schema):
         return None
 
 
-def build_schema(
-    settings: Settings | None = None, *, metrics: Metrics | None = None
-) -> strawberry.Schema:
+def build_schema(settings: Settings | None = None, *, metrics: Metrics | None = None) -> Schema:
     """A fresh schema; extensions are passed as classes or factories so no request state is
     shared. With `settings`, the protection limits they configure are on (the SDL needs none);
     with `metrics`, every operation is counted and timed there."""
-    limits = protection_extensions(settings) if settings is not None else []
     # First: its exit runs last, after ErrorPolicy has given each error its code.
     measured = [OperationMetrics.factory(metrics)] if metrics is not None else []
     return Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        extensions=[*measured, ErrorPolicy, ResponseMeta, *limits],
+        extensions=[*measured, ErrorPolicy, ResponseMeta, CachedDocuments],
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
+        limits=document_limits(settings) if settings is not None else None,
     )
 
 

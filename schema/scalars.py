@@ -26,11 +26,11 @@ def _parse_datetime(value: object) -> datetime:
     return parsed.astimezone(UTC)
 
 
-def _serialize_datetime(value: datetime) -> str:
+def serialize_datetime(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _serialize_decimal(value: Decimal) -> str:
+def serialize_decimal(value: Decimal) -> str:
     # Plain notation: PostgreSQL hands back 60000 as Decimal("6E+4"), which str() keeps.
     return format(value, "f")
 
@@ -50,13 +50,13 @@ SCALAR_MAP: dict[object, ScalarDefinition] = {
     datetime: strawberry.scalar(
         name="DateTime",
         description="An ISO-8601 date-time with a UTC offset (any offset in, UTC out).",
-        serialize=_serialize_datetime,
+        serialize=serialize_datetime,
         parse_value=_parse_datetime,
     ),
     Decimal: strawberry.scalar(
         name="Decimal",
         description="An exact decimal number, as a string in plain notation (never a float).",
-        serialize=_serialize_decimal,
+        serialize=serialize_decimal,
         parse_value=_parse_decimal,
     ),
 }

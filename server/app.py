@@ -19,6 +19,8 @@ from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_SSE_PROTOCOL, MULTIPART_SUBSCRIPTION_PROTOCOL
 from strawberry.types import ExecutionResult
 
+from schema.compiled.catalog import CATALOG
+from schema.compiled.plan import Compiler
 from schema.context import Context
 from schema.loaders import create_loaders
 from schema.prices.cache import PriceCache
@@ -26,12 +28,15 @@ from schema.root import LIVE_STREAMS, build_schema
 from server.auth import ReadKeyMiddleware
 from server.broker import create_broker
 from server.broker.fanout import FanoutBroker
+from server.compiled import CompiledGraphQL
 from server.db import create_engine, create_sessionmaker, ping
 from server.dbmetrics import register_pool
+from server.httpcache import HttpCacheMiddleware
 from server.limits import QuerySizeMiddleware
 from server.live.hub import LiveHub
 from server.live.websocket import LiveRouteMiddleware, LiveServer
 from server.metrics import Metrics, MetricsMiddleware, metrics_endpoint
+from server.persisted import PersistedQueryMiddleware, create_persisted_store
 from server.queue import open_job_queue
 from server.ratelimit import RateLimitMiddleware, create_request_limiter
 from server.requestid import RequestIdMiddleware, current_request_id
@@ -138,6 +143,9 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
             app.state.rate_limiter = limiter = create_request_limiter(settings)
             if limiter is not None:
                 stack.push_async_callback(limiter.close)
+            # Automatic persisted queries' texts (server/persisted.py), shared through Redis.
+            app.state.persisted_queries = persisted = create_persisted_store(settings)
+            stack.push_async_callback(persisted.close)
             # Pool use is read from this engine at scrape time, while the app runs.
             pool = register_pool(metrics.registry, engine)
             stack.callback(metrics.registry.unregister, pool)
@@ -155,8 +163,9 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
     metrics = Metrics()
     # Runs of this process (triggered, or scheduled by `kasparro up`) count in the same registry.
     ingest_metrics = IngestMetrics(metrics.registry)
+    schema = build_schema(settings, metrics=metrics)
     graphql = GraphQLApp(
-        build_schema(settings, metrics=metrics),
+        schema,
         graphql_ide="graphiql" if settings.graphiql else None,
         # Subscriptions over HTTP too: multipart responses (Apollo Client, urql) and
         # graphql-sse. WebSocket subscriptions are the live server's (server.live).
@@ -165,6 +174,8 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
     if settings.graphiql:
         graphql.ide_html = graphiql_html()
     live = LiveServer(settings, graphql.schema, LIVE_STREAMS, graphql.context_for, metrics)
+    # Hot query shapes skip per-field resolution (schema.compiled); the rest is Strawberry's.
+    endpoint = CompiledGraphQL(graphql, Compiler(schema, CATALOG), metrics)
 
     def delivered(topic: str, count: int) -> None:
         metrics.messages_delivered.labels(topic).inc(count)
@@ -174,7 +185,7 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/graphql", graphql, methods=["GET", "POST"]),
+            Route("/graphql", endpoint, methods=["GET", "POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
@@ -186,12 +197,21 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
             Middleware(RateLimitMiddleware, settings=settings),
             Middleware(ReadKeyMiddleware, settings=settings),
             Middleware(QuerySizeMiddleware, max_bytes=settings.max_query_bytes),
+            # In front of whatever runs GraphQL: GET caching (ETag, Cache-Control; also sees
+            # the persisted-query errors) and persisted queries resolved to their text.
+            Middleware(
+                HttpCacheMiddleware,
+                max_age=settings.http_cache_max_age,
+                private=settings.require_read_key,
+            ),
+            Middleware(PersistedQueryMiddleware, documents=schema.documents),
             # WebSocket /graphql: the live server, with the ASGI server's own `send`.
             Middleware(LiveRouteMiddleware, live=live),
         ],
         lifespan=lifespan,
     )
     app.state.metrics = metrics
+    app.state.graphql_endpoint = endpoint
     return app
 
 

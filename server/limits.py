@@ -1,30 +1,22 @@
 """Limits on what one GraphQL request may ask: size, depth, aliases, tokens, introspection.
 
-The schema gets the limits as extension factories (a fresh extension per operation, never a
-shared instance). The size limit is also checked on the HTTP body before anything parses it,
-so an oversized POST costs one read, and is answered 413.
+The schema applies them when it parses and validates a document (`DocumentLimits`, used by
+schema.documents: once per distinct document text, whatever path it came by). The size limit is
+also checked on the HTTP body before anything parses it, so an oversized POST costs one read,
+and is answered 413.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, cast
+from typing import Any
 from urllib.parse import unquote_plus
 
-from graphql import ASTValidationRule
+from graphql import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from strawberry.extensions import (
-    AddValidationRules,
-    DisableIntrospection,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    QueryDepthLimiter,
-    SchemaExtension,
-)
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 
 from server.requestid import current_request_id
 from server.settings import Settings
@@ -33,49 +25,30 @@ GRAPHQL_PATH = "/graphql"
 QUERY_TOO_LARGE = "QUERY_TOO_LARGE"
 
 
-class QuerySizeLimiter(SchemaExtension):
-    """Refuses a document longer than `max_length` before it is parsed (WebSocket operations
-    included; HTTP bodies are already checked by QuerySizeMiddleware)."""
-
-    def __init__(self, *, max_length: int) -> None:
-        self.max_length = max_length
-
-    def on_operation(self) -> Iterator[None]:
-        options = cast(dict[str, Any], self.execution_context.parse_options)
-        options["max_source_length"] = self.max_length
-        yield
-
-
-def protection_extensions(settings: Settings) -> list[Callable[[], SchemaExtension]]:
-    """The limit extensions the settings ask for, as factories."""
-    factories: list[Callable[[], SchemaExtension]] = [
-        partial(QuerySizeLimiter, max_length=settings.max_query_bytes),
-        partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
-        partial(QueryDepthLimiter, max_depth=settings.max_query_depth),
-        partial(MaxAliasesLimiter, max_alias_count=settings.max_aliases),
-    ]
-    if not settings.introspection:
-        factories.append(DisableIntrospection)
-    return factories
-
-
 @dataclass(frozen=True, slots=True)
 class DocumentLimits:
-    """The same limits, for code that parses and validates a document itself (the WebSocket
-    subscription path): parse options and the extra validation rules."""
+    """The limits of a document: parse options (its length, its tokens) and the validation
+    rules added to the specified ones (depth, aliases, no introspection)."""
 
     max_length: int
     max_tokens: int
     rules: tuple[type[ASTValidationRule], ...]
 
+    @property
+    def parse_options(self) -> dict[str, Any]:
+        """Keyword arguments of graphql-core's `parse`: too long or too many tokens is refused
+        while parsing, with the messages ErrorPolicy maps to QUERY_TOO_LARGE / TOO_MANY_TOKENS."""
+        return {"max_source_length": self.max_length, "max_tokens": self.max_tokens}
+
 
 def document_limits(settings: Settings) -> DocumentLimits:
-    """What `protection_extensions(settings)` enforces, as parse options and rules."""
-    rules: list[type[ASTValidationRule]] = []
-    for factory in protection_extensions(settings):
-        extension = factory()
-        if isinstance(extension, AddValidationRules):
-            rules.extend(extension.validation_rules)
+    """The limits the settings ask for."""
+    rules = [
+        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+    ]
+    if not settings.introspection:
+        rules.append(NoSchemaIntrospectionCustomRule)
     return DocumentLimits(settings.max_query_bytes, settings.max_tokens, tuple(rules))
 
 
@@ -123,7 +96,7 @@ class QuerySizeMiddleware:
         if not complete:
             await self._refuse(len(body), scope, receive, send)
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay_body(body, receive), send)
 
     async def _read(self, receive: Receive) -> tuple[bytes, bool]:
         """The body, and False if it went past the limit (reading stops there)."""
@@ -150,7 +123,7 @@ class QuerySizeMiddleware:
         await response(scope, receive, send)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
     """A `receive` that gives the already read body once, then defers to the real one."""
     sent = False
 
@@ -162,3 +135,5 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+

@@ -100,10 +100,18 @@ class Settings(BaseSettings):
     max_tokens: int = Field(2000, ge=1, validation_alias="KASPARRO_MAX_TOKENS")
     max_query_bytes: int = Field(10_000, ge=1, validation_alias="KASPARRO_MAX_QUERY_BYTES")
     introspection: bool = Field(True, validation_alias="KASPARRO_INTROSPECTION")
-    # Requests per minute per client (API key, else address); 0 switches the limit off.
-    rate_limit_per_minute: int = Field(600, ge=0, validation_alias="KASPARRO_RATE_LIMIT_PER_MINUTE")
-    # Requests a client may send at once; default: a minute's worth.
+    # Requests per minute per client (API key, else address); 0 switches the limit off. Abuse
+    # protection, not metering: one address is often a whole office, a NAT or a server-side
+    # rendering frontend, so the default (100 a second) fits a frontend's traffic.
+    rate_limit_per_minute: int = Field(
+        6000, ge=0, validation_alias="KASPARRO_RATE_LIMIT_PER_MINUTE"
+    )
+    # Requests a client may send at once; default: ten seconds' worth (1,000 by default).
     rate_limit_burst: int | None = Field(None, ge=1, validation_alias="KASPARRO_RATE_LIMIT_BURST")
+    # Seconds a shared cache (CDN, proxy, browser) may reuse a successful GET /graphql response
+    # (Cache-Control max-age); prices change at every ingestion, so it stays short. 0: every use
+    # is revalidated (the ETag still spares the body).
+    http_cache_max_age: int = Field(1, ge=0, validation_alias="KASPARRO_HTTP_CACHE_MAX_AGE")
 
     # Every GraphQL read needs an API key too (HTTP: Bearer or X-API-Key; WebSocket: in the
     # connection_init payload or the upgrade request's headers).
@@ -316,8 +324,8 @@ class Settings(BaseSettings):
 
     @property
     def rate_limit_capacity(self) -> int:
-        """The burst of the request rate limit (a minute's worth unless set)."""
-        return self.rate_limit_burst or self.rate_limit_per_minute
+        """The burst of the request rate limit (ten seconds' worth unless set)."""
+        return self.rate_limit_burst or max(1, self.rate_limit_per_minute // 6)
 
     @property
     def embedded(self) -> bool:

@@ -6,14 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import strawberry
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.types import Info
 
 from schema.assets.types import Asset, AssetConnection, AssetEdge
 from schema.context import Context
 from schema.errors import UserError
-from schema.pagination import Keyset, PageArgs, fetch_page, parse_int
+from schema.pagination import Keyset, Page, PageArgs, fetch_page, parse_int
 from server.tables import assets
 
 
@@ -60,6 +60,23 @@ def _search(text: str | None) -> list[ColumnElement[bool]]:
     return [or_(*(func.lower(c).contains(needle, autoescape=True) for c in columns))]
 
 
+async def asset_page(
+    context: Context, *, search: str | None, first: int | None, after: str | None
+) -> Page:
+    """One keyset page of assets (also the compiled path's loader)."""
+    page = PageArgs.of(
+        first=first, after=after, last=None, before=None, max_size=context.settings.max_page_size
+    )
+    base = select(assets).where(*_search(search))
+    async with context.engine.connect() as conn:
+        return await fetch_page(conn, base, ASSETS_KEYSET, page, lambda row: (row.symbol, row.id))
+
+
+def asset_count_query(search: str | None) -> Select[Any]:
+    """How many assets match `search` (totalCount)."""
+    return select(func.count()).select_from(assets).where(*_search(search))
+
+
 @strawberry.type
 class AssetsQuery:
     @strawberry.field(
@@ -72,25 +89,14 @@ class AssetsQuery:
         first: int | None = None,
         after: str | None = None,
     ) -> AssetConnection:
-        page = PageArgs.of(
-            first=first,
-            after=after,
-            last=None,
-            before=None,
-            max_size=info.context.settings.max_page_size,
-        )
-        conditions = _search(search)
-        base = select(assets).where(*conditions)
-        async with info.context.engine.connect() as conn:
-            result = await fetch_page(
-                conn, base, ASSETS_KEYSET, page, lambda row: (row.symbol, row.id)
-            )
+        result = await asset_page(info.context, search=search, first=first, after=after)
         edges = [
             AssetEdge(cursor=ASSETS_KEYSET.cursor((row.symbol, row.id)), node=Asset.from_row(row))
             for row in result.rows
         ]
-        count_query = select(func.count()).select_from(assets).where(*conditions)
-        return AssetConnection(edges=edges, page_info=result.page_info, count_query=count_query)
+        return AssetConnection(
+            edges=edges, page_info=result.page_info, count_query=asset_count_query(search)
+        )
 
     @strawberry.field(
         description="One asset by exactly one of symbol (case-insensitive), id or slug; null "

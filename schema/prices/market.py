@@ -14,7 +14,7 @@ from schema.assets.query import ambiguous_symbol, assets_with_symbol, parse_asse
 from schema.context import Context
 from schema.errors import UserError
 from schema.prices.candles import CandleRow, Interval, candles_sql
-from schema.prices.latest import latest_rows
+from schema.prices.latest import PriceRow, latest_rows
 from schema.prices.query import validate_sources
 from schema.prices.types import Price
 
@@ -114,6 +114,44 @@ async def _asset_id(context: Context, symbol: str, asset: strawberry.ID | None) 
     return pairs[0][0]
 
 
+async def latest_price_rows(
+    context: Context, *, symbols: list[str] | None, sources: list[str] | None
+) -> list[PriceRow]:
+    """latestPrices' rows: from the hot cache, else SQL (also the compiled path's loader)."""
+    names = validate_sources(sources)
+    rows = context.price_cache.latest(symbols=symbols, sources=names)
+    if rows is None:
+        async with context.engine.connect() as conn:
+            rows = await latest_rows(conn, symbols=symbols, sources=names)
+    return rows
+
+
+async def candle_rows(
+    context: Context,
+    *,
+    symbol: str,
+    interval: Interval,
+    from_: datetime | None,
+    to: datetime | None,
+    source: str | None,
+    asset: strawberry.ID | None,
+) -> list[CandleRow]:
+    """candles' rows: from the hot cache, else SQL (also the compiled path's loader)."""
+    source_name = one_source(source)
+    now = datetime.now(UTC)
+    start, end = candle_range(interval, from_, to, now)
+    asset_id = await _asset_id(context, symbol, asset)
+    rows = await context.price_cache.candles(
+        asset_id=asset_id, interval=interval, source=source_name, start=start, end=end, now=now
+    )
+    if rows is None:
+        async with context.engine.connect() as conn:
+            rows = await candles_sql(
+                conn, asset_id=asset_id, interval=interval, start=start, end=end, source=source_name
+            )
+    return rows
+
+
 @strawberry.type
 class MarketQuery:
     @strawberry.field(
@@ -126,12 +164,7 @@ class MarketQuery:
         symbols: list[str] | None = None,
         sources: list[str] | None = None,
     ) -> list[Price]:
-        context = info.context
-        names = validate_sources(sources)
-        rows = context.price_cache.latest(symbols=symbols, sources=names)
-        if rows is None:
-            async with context.engine.connect() as conn:
-                rows = await latest_rows(conn, symbols=symbols, sources=names)
+        rows = await latest_price_rows(info.context, symbols=symbols, sources=sources)
         return [Price.from_row(row) for row in rows]
 
     @strawberry.field(
@@ -150,22 +183,13 @@ class MarketQuery:
         source: str | None = None,
         asset: strawberry.ID | None = None,
     ) -> list[Candle]:
-        context = info.context
-        source_name = one_source(source)
-        now = datetime.now(UTC)
-        start, end = candle_range(interval, from_, to, now)
-        asset_id = await _asset_id(context, symbol, asset)
-        rows = await context.price_cache.candles(
-            asset_id=asset_id, interval=interval, source=source_name, start=start, end=end, now=now
+        rows = await candle_rows(
+            info.context,
+            symbol=symbol,
+            interval=interval,
+            from_=from_,
+            to=to,
+            source=source,
+            asset=asset,
         )
-        if rows is None:
-            async with context.engine.connect() as conn:
-                rows = await candles_sql(
-                    conn,
-                    asset_id=asset_id,
-                    interval=interval,
-                    start=start,
-                    end=end,
-                    source=source_name,
-                )
         return [Candle.from_row(row) for row in rows]

@@ -2,15 +2,15 @@
 
 The WebSocket endpoint runs queries and mutations through Strawberry as usual. A subscription
 to a field the hub streams is prepared here instead: parsed and validated once per distinct
-document (with the same limits as HTTP requests), its variables coerced once, and then its
-selection is executed once per item for all the subscribers that share it.
+document (by the schema's DocumentCache, shared with HTTP requests and under the same limits),
+its variables coerced once, and then its selection is executed once per item for all the
+subscribers that share it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from inspect import isawaitable
@@ -30,19 +30,13 @@ from graphql import (
     SelectionSetNode,
     VariableNode,
     get_operation_ast,
-    parse,
-    specified_rules,
-    validate,
 )
 from graphql.execution import Executor, execute_subscription_event
 from graphql.execution.values import get_argument_values
 
+from schema.documents import DocumentCache
 from schema.extensions import classify_error
-from server.limits import DocumentLimits
 from server.live.hub import Renderer
-
-# Distinct documents kept parsed and validated.
-DOCUMENT_CACHE_SIZE = 512
 
 
 class RequestError(Exception):
@@ -87,17 +81,17 @@ class Prepared:
 
 
 class Documents:
-    """Parses and validates documents against one schema, with a small LRU cache."""
+    """The documents of requests, from the schema's cache (parsed and validated once a text)."""
 
-    def __init__(self, schema: GraphQLSchema, limits: DocumentLimits) -> None:
-        self.schema = schema
-        self.limits = limits
-        self._rules = (*specified_rules, *limits.rules)
-        self._cache: OrderedDict[str, DocumentNode | list[GraphQLError]] = OrderedDict()
+    def __init__(self, cache: DocumentCache) -> None:
+        self.cache = cache
 
     def prepare(self, request: Request) -> Prepared:
         """The request's document and operation; RequestError when it cannot run."""
-        document = self._document(request.query)
+        checked = self.cache.document(request.query)
+        if checked.document is None or checked.errors:
+            raise RequestError(list(checked.errors))
+        document = checked.document
         operation = get_operation_ast(document, request.operation_name)
         if operation is None:
             name = request.operation_name
@@ -108,37 +102,6 @@ class Documents:
             )
             raise RequestError([_client_error(message)])
         return Prepared(document, operation)
-
-    def _document(self, query: str) -> DocumentNode:
-        cached = self._cache.get(query)
-        if cached is None:
-            cached = self._parse_and_validate(query)
-            self._cache[query] = cached
-            if len(self._cache) > DOCUMENT_CACHE_SIZE:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(query)
-        if isinstance(cached, list):
-            raise RequestError(cached)
-        return cached
-
-    def _parse_and_validate(self, query: str) -> DocumentNode | list[GraphQLError]:
-        if len(query.encode()) > self.limits.max_length:
-            return [
-                _client_error(
-                    f"the document is above the maximum query size of "
-                    f"{self.limits.max_length} bytes",
-                    "QUERY_TOO_LARGE",
-                )
-            ]
-        try:
-            document = parse(query, max_tokens=self.limits.max_tokens)
-        except GraphQLError as error:
-            return [classify_error(error)]
-        errors = validate(self.schema, document, self._rules)
-        if errors:
-            return [classify_error(error) for error in errors]
-        return document
 
 
 @dataclass(frozen=True, slots=True)

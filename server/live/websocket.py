@@ -31,6 +31,7 @@ from strawberry.schema.base import BaseSchema
 from strawberry.types import ExecutionResult
 
 from schema.context import Context
+from schema.documents import DocumentCache
 from schema.errors import UserError, graphql_error
 from schema.extensions import classify_error
 from schema.loaders import create_loaders
@@ -100,7 +101,10 @@ class LiveServer:
         self.metrics = metrics
         # The graphql-core schema Strawberry built (executed directly on the shared path).
         self.graphql_schema: GraphQLSchema = cast(Schema, schema)._schema
-        self.documents = Documents(self.graphql_schema, document_limits(settings))
+        cache = getattr(schema, "documents", None)  # the one the HTTP path uses too
+        if not isinstance(cache, DocumentCache):
+            cache = DocumentCache(self.graphql_schema, document_limits(settings))
+        self.documents = Documents(cache)
         self.connections: set[Connection] = set()
         self.hub: LiveHub | None = None
         self._keepalive: asyncio.Task[None] | None = None

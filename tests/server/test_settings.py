@@ -60,6 +60,16 @@ def test_variables_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert settings.ingest_interval == 60
 
 
+def test_the_endpoint_defaults_fit_a_frontend_behind_one_address() -> None:
+    settings = load()
+    # 100 requests a second per client after a burst of ten seconds' worth.
+    assert (settings.rate_limit_per_minute, settings.rate_limit_capacity) == (6000, 1000)
+    assert load(KASPARRO_RATE_LIMIT_PER_MINUTE="60").rate_limit_capacity == 10
+    assert load(KASPARRO_RATE_LIMIT_BURST="5").rate_limit_capacity == 5
+    assert settings.http_cache_max_age == 1
+    assert load(KASPARRO_HTTP_CACHE_MAX_AGE="0").http_cache_max_age == 0
+
+
 def test_secrets_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COINGECKO_API_KEY", "very-secret-key")
     monkeypatch.setenv("KASPARRO_API_KEYS", "another-secret")

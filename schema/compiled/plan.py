@@ -1,0 +1,256 @@
+"""Compiling a document for the compiled path, and running it.
+
+`Compiler.plan(query, operation_name)` gives an `OperationPlan` once per distinct request text
+(an LRU cache), or None when the standard executor must run it: an invalid document, an
+operation that is not a query, a root field or a selection the compiled path does not render.
+A plan compiles each variant of its selection (one per value of the variables its @skip/@include
+conditions read) on first use.
+
+`OperationPlan.execute` returns the response's `data`, or None to hand the request to the
+executor: variables that do not coerce, and every error a loader raises (a bad cursor, an
+unknown source, the database down...) are the executor's to report, so each error reads the same
+whichever path met it first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    GraphQLField,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    VariableNode,
+    get_argument_values,
+    get_operation_ast,
+    get_variable_values,
+    visit,
+)
+from graphql.language import Visitor
+from strawberry.types.arguments import StrawberryArgument, convert_arguments
+
+from schema.compiled.collect import Unsupported, collect, directive_variables
+from schema.compiled.render import Access, Child, Rendering, Shape, compile_rendering
+
+PLAN_CACHE_SIZE = 1000
+MAX_VARIANTS = 32
+
+Loader = Callable[[Any, dict[str, Any], Rendering], Awaitable[Any]]
+"""(context, the resolver's keyword arguments, the compiled rendering) -> the value to render."""
+
+
+@dataclass(frozen=True, slots=True)
+class RootSpec:
+    """A root query field the compiled path serves: how to load its value, and how that value
+    renders (`root`: a Child of the Query whose value is the loaded one)."""
+
+    root: Child
+    load: Loader
+    access: Access = "attribute"
+    prelude: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """Everything the compiled path knows: root fields by name, shapes by type name, and the
+    helpers generated code calls."""
+
+    roots: Mapping[str, RootSpec]
+    shapes: Mapping[str, Shape]
+    namespace: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class _Root:
+    key: str
+    spec: RootSpec | None  # None: __typename
+    node: FieldNode | None = None
+    definition: GraphQLField | None = None
+    arguments: list[StrawberryArgument] = field(default_factory=list)
+    rendering: Rendering | None = None
+    fixed_kwargs: dict[str, Any] | None = None
+    reads_variables: bool = True
+
+
+class Compiler:
+    """Plans per request text, for one schema (a schema.root.Schema: its document cache)."""
+
+    def __init__(self, schema: Any, catalog: Catalog, *, cache_size: int = PLAN_CACHE_SIZE) -> None:
+        self.strawberry = schema
+        self.schema: GraphQLSchema = schema._schema
+        self.catalog = catalog
+        self._cache_size = cache_size
+        self._plans: OrderedDict[tuple[str, str | None], OperationPlan | None] = OrderedDict()
+
+    def plan(self, query: str, operation_name: str | None) -> OperationPlan | None:
+        key = (query, operation_name)
+        try:
+            plan = self._plans[key]
+        except KeyError:
+            plan = self._compile(query, operation_name)
+            self._plans[key] = plan
+            if len(self._plans) > self._cache_size:
+                self._plans.popitem(last=False)
+            return plan
+        self._plans.move_to_end(key)
+        return plan
+
+    def _compile(self, query: str, operation_name: str | None) -> OperationPlan | None:
+        # Parsed and validated once per text, under the executor's own rules and limits.
+        document, errors = self.strawberry.documents.document(query)
+        if document is None or errors:
+            return None
+        operation = get_operation_ast(document, operation_name)
+        if operation is None or operation.operation != OperationType.QUERY:
+            return None
+        fragments = {
+            definition.name.value: definition
+            for definition in document.definitions
+            if isinstance(definition, FragmentDefinitionNode)
+        }
+        if any(fragment.variable_definitions for fragment in fragments.values()):
+            return None
+        return OperationPlan(self, document, operation, fragments)
+
+
+class OperationPlan:
+    """One query operation of one document, compiled per @skip/@include variant."""
+
+    def __init__(
+        self,
+        compiler: Compiler,
+        document: DocumentNode,
+        operation: OperationDefinitionNode,
+        fragments: dict[str, FragmentDefinitionNode],
+    ) -> None:
+        self.compiler = compiler
+        self.document = document
+        self.operation = operation
+        self.fragments = fragments
+        self.name = operation.name.value if operation.name else None
+        self._conditions = directive_variables([operation, *fragments.values()])
+        self._variants: dict[tuple[Any, ...], list[_Root] | None] = {}
+
+    async def execute(
+        self, context: Any, variables: Mapping[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The response's data, or None when the standard executor must answer instead."""
+        schema = self.compiler.schema
+        coerced = get_variable_values(
+            schema, self.operation.variable_definitions or (), dict(variables or {})
+        )
+        if isinstance(coerced, list):
+            return None
+        roots = self._variant(coerced.coerced)
+        if roots is None:
+            return None
+        data: dict[str, Any] = {}
+        for root in roots:
+            if root.spec is None:
+                data[root.key] = "Query"
+                continue
+            assert root.rendering is not None
+            try:
+                kwargs = self._kwargs(root, coerced)
+                value = await root.spec.load(context, kwargs, root.rendering)
+                data[root.key] = root.rendering.render(value)
+            except Exception:  # the executor reports it, exactly as it always does
+                return None
+        return data
+
+    def _kwargs(self, root: _Root, coerced: Any) -> dict[str, Any]:
+        if root.fixed_kwargs is not None:
+            return root.fixed_kwargs
+        assert root.definition is not None
+        assert root.node is not None
+        raw = get_argument_values(root.definition, root.node, coerced)
+        strawberry = self.compiler.strawberry
+        kwargs = convert_arguments(
+            raw,
+            root.arguments,
+            scalar_registry=strawberry.schema_converter.scalar_registry,
+            config=strawberry.config,
+        )
+        if not root.reads_variables:
+            root.fixed_kwargs = kwargs
+        return kwargs
+
+    def _variant(self, variables: Mapping[str, Any]) -> list[_Root] | None:
+        key = tuple(variables.get(name) for name in self._conditions)
+        try:
+            return self._variants[key]
+        except KeyError:
+            pass
+        if len(self._variants) >= MAX_VARIANTS:
+            return None
+        try:
+            roots = self._compile_variant(variables)
+        except Unsupported:
+            roots = None
+        self._variants[key] = roots
+        return roots
+
+    def _compile_variant(self, variables: Mapping[str, Any]) -> list[_Root]:
+        compiler = self.compiler
+        schema = compiler.schema
+        query_type = schema.query_type
+        assert query_type is not None
+        fields = collect(
+            schema, query_type, [self.operation.selection_set], self.fragments, variables
+        )
+        roots: list[_Root] = []
+        for key, nodes in fields.items():
+            name = nodes[0].name.value
+            if name == "__typename":
+                roots.append(_Root(key, None))
+                continue
+            spec = compiler.catalog.roots.get(name)
+            if spec is None:
+                raise Unsupported(name)
+            definition = query_type.fields[name]
+            strawberry_field = definition.extensions.get("strawberry-definition")
+            if strawberry_field is None:
+                raise Unsupported(name)
+            rendering = compile_rendering(
+                schema=schema,
+                shapes=compiler.catalog.shapes,
+                root=spec.root,
+                nodes=nodes,
+                fragments=self.fragments,
+                variables=variables,
+                access=spec.access,
+                namespace=compiler.catalog.namespace,
+                prelude=spec.prelude,
+            )
+            roots.append(
+                _Root(
+                    key,
+                    spec,
+                    nodes[0],
+                    definition,
+                    list(strawberry_field.arguments),
+                    rendering,
+                    reads_variables=_reads_variables(nodes[0]),
+                )
+            )
+        return roots
+
+
+def _reads_variables(node: FieldNode) -> bool:
+    found = False
+
+    class Finder(Visitor):
+        def enter_variable(self, variable: VariableNode, *_: Any) -> None:
+            nonlocal found
+            found = True
+
+    for argument in node.arguments or ():
+        visit(argument, Finder())
+    return found

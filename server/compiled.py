@@ -1,0 +1,138 @@
+"""/graphql over HTTP through the compiled path first (schema.compiled), Strawberry otherwise.
+
+A GET or a JSON POST whose document the compiled path has a plan for is answered here: the
+request's body is parsed once, its plan looked up by text, run, and the response written with
+orjson. Everything else (GraphiQL's page, streaming requests, batches, documents or requests
+the compiled path leaves alone, and every error) goes to the Strawberry app, with the body
+replayed, so what a client sees never depends on which path answered.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from schema.compiled.plan import Compiler
+from schema.metrics import record_operation
+from server.limits import replay_body
+from server.metrics import Metrics
+from server.requestid import current_request_id
+
+# Accept values that ask for something other than one JSON response.
+_STREAMING = ("multipart/", "text/event-stream", "text/html")
+
+
+class CompiledGraphQL:
+    """The /graphql endpoint: `compiler`'s plans first, `graphql` (Strawberry) for the rest."""
+
+    def __init__(self, graphql: Any, compiler: Compiler, metrics: Metrics | None = None) -> None:
+        self.graphql: ASGIApp = graphql
+        self.compiler = compiler
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope.get("method")
+        if scope["type"] != "http" or method not in ("GET", "POST"):
+            await self.graphql(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        accept = headers.get("accept", "")
+        if any(kind in accept for kind in _STREAMING):
+            await self.graphql(scope, receive, send)
+            return
+        body = b""
+        if method == "POST":
+            body = await _read_body(receive)
+            receive = replay_body(body, receive)
+            request = _from_body(body, headers.get("content-type", ""))
+        else:
+            request = _from_query_string(scope.get("query_string", b""))
+        if request is None or not await self._answer(scope, receive, send, *request):
+            await self.graphql(scope, receive, send)
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        query: str,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+    ) -> bool:
+        """Answer with the compiled plan; False when Strawberry must answer instead."""
+        started = time.perf_counter()
+        plan = self.compiler.plan(query, operation_name)
+        if plan is None:
+            return False
+        context = self.graphql.context_for(Request(scope, receive))  # type: ignore[attr-defined]
+        data = await plan.execute(context, variables)
+        if data is None:
+            return False
+        elapsed = time.perf_counter() - started
+        meta = {"requestId": current_request_id(), "latencyMs": round(elapsed * 1000, 3)}
+        payload = orjson.dumps({"data": data, "extensions": meta})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"content-type", b"application/json"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+        if self.metrics is not None:
+            record_operation(self.metrics, plan.name, "query", elapsed, [])
+        return True
+
+
+Parsed = tuple[str, dict[str, Any] | None, str | None]
+
+
+def _from_body(body: bytes, content_type: str) -> Parsed | None:
+    if "application/json" not in content_type:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return _request_of(data) if isinstance(data, dict) else None
+
+
+def _from_query_string(query_string: bytes) -> Parsed | None:
+    params = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+    variables: Any = params.get("variables")
+    if variables is not None:
+        try:
+            variables = orjson.loads(variables)
+        except orjson.JSONDecodeError:
+            return None
+    return _request_of({**params, "variables": variables})
+
+
+def _request_of(data: dict[str, Any]) -> Parsed | None:
+    query, variables, name = data.get("query"), data.get("variables"), data.get("operationName")
+    if not isinstance(query, str) or not isinstance(variables, dict | None):
+        return None
+    if not isinstance(name, str | None):
+        return None
+    return query, variables, name
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
