@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from strawberry.dataloader import DataLoader
 
 from schema.prices.latest import PriceRow, latest_rows
+from server.db import read
 from server.tables import asset_aliases, assets
 
 
@@ -21,10 +22,16 @@ class Loaders:
     latest_prices: DataLoader[int, list[PriceRow]]
 
 
+async def _all(conn: AsyncConnection, query: Select[Any]) -> list[Any]:
+    return list((await conn.execute(query)).all())
+
+
 def create_loaders(engine: AsyncEngine) -> Loaders:
+    """Loaders reading through `server.db.read` (autocommit, retried on a dead connection)."""
+
     async def load_assets(ids: Sequence[int]) -> list[Any]:
-        async with engine.connect() as conn:
-            rows = (await conn.execute(select(assets).where(assets.c.id.in_(ids)))).all()
+        query = select(assets).where(assets.c.id.in_(ids))
+        rows = await read(engine, lambda conn: _all(conn, query))
         by_id = {row.id: row for row in rows}
         return [by_id.get(asset_id) for asset_id in ids]
 
@@ -34,8 +41,7 @@ def create_loaders(engine: AsyncEngine) -> Loaders:
             .where(asset_aliases.c.asset_id.in_(ids))
             .order_by(asset_aliases.c.source, asset_aliases.c.source_asset_id)
         )
-        async with engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await read(engine, lambda conn: _all(conn, query))
         by_asset: dict[int, list[Any]] = {asset_id: [] for asset_id in ids}
         for row in rows:
             by_asset[row.asset_id].append(row)
@@ -43,8 +49,7 @@ def create_loaders(engine: AsyncEngine) -> Loaders:
 
     async def load_latest_prices(ids: Sequence[int]) -> list[list[PriceRow]]:
         """Each asset's newest price per source, by source."""
-        async with engine.connect() as conn:
-            rows = await latest_rows(conn, asset_ids=ids)
+        rows = await read(engine, lambda conn: latest_rows(conn, asset_ids=ids))
         by_asset: dict[int, list[PriceRow]] = {asset_id: [] for asset_id in ids}
         for row in sorted(rows, key=lambda row: row.source):
             by_asset[row.asset_id].append(row)

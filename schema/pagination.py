@@ -2,14 +2,16 @@
 
 A cursor is opaque to clients: base64url of a small JSON array `[kind, *key]`, where `kind` names
 the connection and its ordering, so a cursor from another connection or ordering is refused. A
-page is one indexed range scan: `WHERE (key) < (cursor) ORDER BY key LIMIT n + 1`; pageInfo is
-exact (the far side of a cursor is checked with one EXISTS).
+page is one indexed range scan: `WHERE (key) < (cursor) ORDER BY key LIMIT n + 1`, with a
+row-value comparison; pageInfo is exact (the far side of a cursor is checked with one EXISTS,
+only when the client asks for that flag).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,8 +19,11 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
-from sqlalchemy import ColumnElement, Select, and_, exists, literal, not_, or_, select
+from sqlalchemy import Boolean, ColumnElement, Select, exists, literal, select, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from schema.errors import InvalidCursor, InvalidPageSize
 
@@ -80,9 +85,35 @@ class PageArgs:
 
 
 def encode_cursor(kind: str, key: Sequence[Any]) -> str:
-    values = [value.isoformat() if isinstance(value, datetime) else value for value in key]
-    raw = json.dumps([kind, *values], separators=(",", ":")).encode()
+    """base64url, unpadded, of the compact JSON `[kind, *key]` (times in ISO-8601).
+
+    Written out by hand for the usual keys (times, integers): a page encodes a cursor per edge,
+    and json.dumps would cost more than the rest of an edge. The text is json.dumps's exactly.
+    """
+    parts = [_json_string(kind)]
+    for value in key:
+        if isinstance(value, datetime):  # ISO-8601 holds nothing JSON escapes
+            parts.append('"' + value.isoformat() + '"')
+        elif type(value) is int:
+            parts.append(str(value))
+        elif type(value) is str and _plain(value):
+            parts.append('"' + value + '"')
+        else:
+            parts.append(json.dumps(value))
+    raw = ("[" + ",".join(parts) + "]").encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _plain(text: str) -> bool:
+    """Whether JSON writes `text` as it is, between quotes (printable ASCII, no quote or
+    backslash)."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+@functools.cache
+def _json_string(text: str) -> str:
+    """`text` as a JSON string (cached: cursor kinds are a few constants)."""
+    return json.dumps(text)
 
 
 def decode_cursor(kind: str, cursor: str, types: Sequence[Callable[[Any], Any]]) -> tuple[Any, ...]:
@@ -134,21 +165,28 @@ class Keyset:
     def decode(self, cursor: str) -> tuple[Any, ...]:
         return decode_cursor(self.kind, cursor, self.types)
 
-    def _beyond(self, key: Sequence[Any], *, forward: bool) -> ColumnElement[bool]:
-        """Rows strictly after `key` in (forward) or before it (not forward) this ordering."""
-        greater = forward != self.descending
-        literals = [literal(v, type_=c.type) for c, v in zip(self.columns, key, strict=True)]
-        # Expanded row comparison: (a > x) OR (a = x AND b > y); portable and index-friendly.
-        clauses = []
-        for index, (column, value) in enumerate(zip(self.columns, literals, strict=True)):
-            equal = [c == v for c, v in zip(self.columns[:index], literals[:index], strict=True)]
-            step = column > value if greater else column < value
-            clauses.append(and_(*equal, step))
-        return or_(*clauses)
+    def beyond(
+        self, key: Sequence[Any], *, forward: bool, inclusive: bool = False
+    ) -> ColumnElement[bool]:
+        """Rows after `key` in this ordering (forward) or before it (not forward); the row at
+        `key` too when `inclusive`.
 
-    def order(self, *, reverse: bool) -> list[ColumnElement[Any]]:
+        A row-value comparison, `(a, b) < (x, y)`: PostgreSQL matches it to an index on
+        (..., a, b) as one Index Cond, where the expanded `a < x OR a = x AND b < y` is only a
+        filter on rows already read. SQLite compares row values since 3.15.
+        """
+        values = [literal(v, type_=c.type) for c, v in zip(self.columns, key, strict=True)]
+        left: ColumnElement[Any] = self.columns[0] if len(values) == 1 else tuple_(*self.columns)
+        right: ColumnElement[Any] = values[0] if len(values) == 1 else tuple_(*values)
+        if forward != self.descending:
+            return left >= right if inclusive else left > right
+        return left <= right if inclusive else left < right
+
+    def order(
+        self, *, reverse: bool, columns: Sequence[ColumnElement[Any]] | None = None
+    ) -> list[ColumnElement[Any]]:
         descending = self.descending != reverse
-        return [c.desc() if descending else c.asc() for c in self.columns]
+        return [c.desc() if descending else c.asc() for c in columns or self.columns]
 
 
 @dataclass(slots=True)
@@ -157,46 +195,132 @@ class Page:
     page_info: PageInfo
 
 
+class pinned(FunctionElement[bool]):  # lower case: used like the SQL functions of `func`
+    """`column = value`, as PostgreSQL cannot fold it into a constant: `column = ANY(ARRAY[v])`.
+
+    A plain equality makes the column a constant to the planner, which then drops it from an
+    ORDER BY; `Part.fixed` needs it kept there. A one-element array is still an index's
+    equality key, which positions the scan like `=` does.
+    """
+
+    name = "pinned"
+    type = Boolean()
+    inherit_cache = True
+
+
+@compiles(pinned)
+def _pinned(element: pinned, compiler: SQLCompiler, **kw: Any) -> str:
+    column, value = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"{column} = {value}"
+
+
+@compiles(pinned, "postgresql")
+def _pinned_postgresql(element: pinned, compiler: SQLCompiler, **kw: Any) -> str:
+    column, value = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"{column} = ANY(ARRAY[{value}])"
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Some of a connection's rows, read in keyset order from one index: `select`'s rows, in
+    which each `fixed` column holds one value (`pinned` to it).
+
+    A part is ordered by its fixed columns first, which changes nothing but leaves only an
+    index that starts with them able to give the order. Otherwise an index of all rows in
+    keyset order looks as cheap to the planner (it expects the part's rows spread evenly), and
+    it walks that index filtering, as far as the part's rows are from the cursor.
+    """
+
+    select: Select[Any]
+    fixed: Sequence[ColumnElement[Any]] = ()
+
+
+def page_statement(
+    query: Select[Any], keyset: Keyset, page: PageArgs, *, parts: Sequence[Part] = ()
+) -> Select[Any]:
+    """The one statement that reads a page: `size + 1` rows past the cursors, in page order.
+
+    `parts`, when given, are disjoint and together are `query`'s rows (with the columns the
+    page needs). Several are each read `size + 1` rows deep and merged (UNION ALL, then ORDER
+    BY and LIMIT): one scan of `query` (`IN` lists) would read and filter out the rows of every
+    part in between. The keyset's columns must be plain columns the parts select.
+    """
+    after = keyset.decode(page.after) if page.after else None
+    before = keyset.decode(page.before) if page.before else None
+
+    def bounded(part: Part) -> Select[Any]:
+        select_ = part.select
+        if after is not None:
+            select_ = select_.where(keyset.beyond(after, forward=True))
+        if before is not None:
+            select_ = select_.where(keyset.beyond(before, forward=False))
+        order = keyset.order(reverse=page.backwards, columns=[*part.fixed, *keyset.columns])
+        return select_.order_by(*order).limit(page.size + 1)
+
+    if len(parts) <= 1:
+        return bounded(parts[0] if parts else Part(query))
+    # Each part as a subquery: SQLite accepts no ORDER BY/LIMIT in a compound's own members.
+    branches = [bounded(part).subquery() for part in parts]
+    merged = union_all(*(select(*branch.c) for branch in branches)).subquery("page")
+    own = [merged.c[str(column.key)] for column in keyset.columns]
+    ordered = select(*merged.c).order_by(*keyset.order(reverse=page.backwards, columns=own))
+    return ordered.limit(page.size + 1)
+
+
 async def fetch_page(
     conn: AsyncConnection,
     query: Select[Any],
     keyset: Keyset,
     page: PageArgs,
     key_of: Callable[[Any], Sequence[Any]],
+    *,
+    parts: Sequence[Part] = (),
+    need_has_next: bool = True,
+    need_has_previous: bool = True,
 ) -> Page:
-    """One page of `query` (already filtered) in `keyset` order, with exact pageInfo."""
+    """One page of `query` (already filtered) in `keyset` order, in one statement.
+
+    pageInfo is exact; the flag on the far side of a cursor costs one EXISTS, run only when
+    asked for (`need_has_next`, `need_has_previous`; a flag not asked for may be False). The
+    near side comes with the page (`size + 1` rows read). See `page_statement` for `parts`.
+    """
     after = keyset.decode(page.after) if page.after else None
     before = keyset.decode(page.before) if page.before else None
-    bounded = query
-    if after is not None:
-        bounded = bounded.where(keyset._beyond(after, forward=True))
-    if before is not None:
-        bounded = bounded.where(keyset._beyond(before, forward=False))
     size = page.size
-    ordered = bounded.order_by(*keyset.order(reverse=page.backwards)).limit(size + 1)
-    rows = list((await conn.execute(ordered)).all()) if size > 0 else []
+    rows: list[Any] = []
+    if size > 0:
+        rows = list((await conn.execute(page_statement(query, keyset, page, parts=parts))).all())
     more = len(rows) > size
     rows = rows[:size]
     if page.backwards:
         rows.reverse()
 
+    async def any_where(*conditions: ColumnElement[bool]) -> bool:
+        return bool(await conn.scalar(select(exists(query.where(*conditions).limit(1)))))
+
     async def any_outside(key: Sequence[Any] | None, *, forward: bool) -> bool:
         """Rows at the cursor or past it on its far side (the pages the bound cuts off)."""
         if key is None:
             return False
-        outside = not_(keyset._beyond(key, forward=not forward))
-        return bool(await conn.scalar(select(exists(query.where(outside).limit(1)))))
+        return await any_where(keyset.beyond(key, forward=forward, inclusive=True))
 
+    def within() -> list[ColumnElement[bool]]:
+        bounds = [] if after is None else [keyset.beyond(after, forward=True)]
+        return bounds + ([] if before is None else [keyset.beyond(before, forward=False)])
+
+    has_next = has_previous = False
     if page.backwards:
         has_previous = more
-        has_next = await any_outside(before, forward=True)
+        if need_has_next:
+            has_next = await any_outside(before, forward=True)
+        if size == 0 and need_has_previous:
+            has_previous = await any_where(*within())
     else:
         has_next = more
-        has_previous = await any_outside(after, forward=False)
-    if size == 0 and not page.backwards:
-        has_next = bool(await conn.scalar(select(exists(bounded.limit(1)))))
-    if size == 0 and page.backwards:
-        has_previous = bool(await conn.scalar(select(exists(bounded.limit(1)))))
+        if need_has_previous:
+            has_previous = await any_outside(after, forward=False)
+        if size == 0 and need_has_next:
+            has_next = await any_where(*within())
     keys = [key_of(row) for row in rows]
     return Page(
         rows,

@@ -27,6 +27,8 @@ def _parse_datetime(value: object) -> datetime:
 
 
 def serialize_datetime(value: datetime) -> str:
+    if value.tzinfo is UTC:  # as both databases hand times back: nothing to convert
+        return value.isoformat()[:-6] + "Z"
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 

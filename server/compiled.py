@@ -53,8 +53,15 @@ class CompiledGraphQL:
             request = _from_body(body, headers.get("content-type", ""))
         else:
             request = _from_query_string(scope.get("query_string", b""))
-        if request is None or not await self._answer(scope, receive, send, *request):
-            await self.graphql(scope, receive, send)
+        if request is not None and await self._answer(scope, receive, send, *request):
+            self._count("compiled")
+            return
+        self._count("executor")
+        await self.graphql(scope, receive, send)
+
+    def _count(self, path: str) -> None:
+        if self.metrics is not None:
+            self.metrics.compiled_requests.labels(path).inc()
 
     async def _answer(
         self,

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from server.settings import Settings
+
+T = TypeVar("T")
+
+_readers: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
 def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
@@ -21,15 +32,59 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
         return engine
     options: dict[str, Any] = {
         "pool_size": settings.db_pool_size,
-        "max_overflow": settings.db_pool_size,
-        # A connection killed by a database restart is detected and replaced, not reused.
-        "pool_pre_ping": True,
+        # No overflow: connections beyond the pool would be opened and closed again and again
+        # under a steady load above the pool size (a TLS handshake each); a request waits for a
+        # pooled one instead, which a page read gives back in well under a millisecond.
+        "max_overflow": 0,
+        # No pre-ping (a round trip per checkout): a connection whose server went away is
+        # dropped at checkout when asyncpg has seen its socket close (a restart), and otherwise
+        # on its first error, which invalidates the whole pool; `read` retries that once.
         "pool_recycle": 1800,
         # During an outage a request fails after the connect timeout, not a minute later.
         "connect_args": {"timeout": settings.db_connect_timeout, "command_timeout": 60},
     }
     options.update(overrides)
-    return create_async_engine(settings.database_url, **options)
+    engine = create_async_engine(settings.database_url, **options)
+    event.listen(engine.sync_engine, "checkout", _refuse_closed)
+    return engine
+
+
+def _refuse_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection asyncpg knows to be closed is replaced, not handed out (no I/O)."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver.is_closed():
+        raise exc.DisconnectionError("the pooled connection was closed by the server")
+
+
+def read_engine(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` for plain reads: autocommit, so a read sends its statements and nothing else
+    (no BEGIN before, no ROLLBACK after). Writers keep `engine` and its transactions.
+
+    SQLite's driver opens a transaction only before a write, so there `engine` itself reads."""
+    if engine.dialect.name == "sqlite":
+        return engine
+    reader = _readers.get(engine)
+    if reader is None:
+        reader = _readers[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return reader
+
+
+async def read(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """`work(conn)` on an autocommit connection of `engine` (see `read_engine`).
+
+    Run once more on a new connection when the first one turns out dead (the database restarted
+    since it was pooled): SQLAlchemy invalidates it and the pool on that error, so the second
+    checkout connects afresh. `work` must only read, so running it twice is harmless.
+    """
+    reader = read_engine(engine)
+    try:
+        async with reader.connect() as conn:
+            return await work(conn)
+    except exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+    async with reader.connect() as conn:
+        return await work(conn)
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
@@ -51,8 +106,7 @@ def _configure_sqlite(engine: Engine) -> None:
 async def ping(engine: AsyncEngine) -> bool:
     """True when the database answers a trivial query."""
     try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        await read(engine, lambda conn: conn.execute(text("SELECT 1")))
     except Exception:  # any failure means "not reachable" to a health check
         return False
     return True

@@ -102,6 +102,12 @@ class Metrics:
             ["operation", "type", "code"],
             registry=self.registry,
         )
+        self.compiled_requests = Counter(
+            "kasparro_graphql_compiled_requests",
+            "GraphQL HTTP requests by who answered: the compiled path, or the executor",
+            ["path"],
+            registry=self.registry,
+        )
         self._operation_names: set[str] = set()
         self._operation_names_lock = threading.Lock()
 

@@ -14,6 +14,7 @@ from schema.assets.types import Asset, AssetConnection, AssetEdge
 from schema.context import Context
 from schema.errors import UserError
 from schema.pagination import Keyset, Page, PageArgs, fetch_page, parse_int
+from server.db import read_engine
 from server.tables import assets
 
 
@@ -68,7 +69,7 @@ async def asset_page(
         first=first, after=after, last=None, before=None, max_size=context.settings.max_page_size
     )
     base = select(assets).where(*_search(search))
-    async with context.engine.connect() as conn:
+    async with read_engine(context.engine).connect() as conn:
         return await fetch_page(conn, base, ASSETS_KEYSET, page, lambda row: (row.symbol, row.id))
 
 
@@ -115,7 +116,7 @@ class AssetsQuery:
                 f"pass exactly one of symbol, id or slug (got {', '.join(given) or 'none'})",
                 code="BAD_USER_INPUT",
             )
-        async with info.context.engine.connect() as conn:
+        async with read_engine(info.context.engine).connect() as conn:
             if symbol:
                 rows = await assets_with_symbol(conn, symbol)
                 if len(rows) > 1:

@@ -11,6 +11,7 @@ from strawberry.types import Info
 from schema.context import Context
 from schema.pagination import PageInfo
 from schema.prices.latest import PriceRow
+from server.db import read_engine
 
 if TYPE_CHECKING:
     from schema.prices.types import Price
@@ -150,5 +151,5 @@ class AssetConnection:
 
     @strawberry.field(description="All assets matching the search (counted only when asked).")
     async def total_count(self, info: Info[Context, None]) -> int:
-        async with info.context.engine.connect() as conn:
+        async with read_engine(info.context.engine).connect() as conn:
             return int(await conn.scalar(self.count_query) or 0)

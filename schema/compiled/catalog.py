@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from schema.assets.query import ASSETS_KEYSET, asset_count_query, asset_page
+from schema.assets.paging import load_asset_page
+from schema.assets.paging import read_columns as asset_columns
 from schema.compiled.plan import Catalog, RootSpec
 from schema.compiled.render import Child, Leaf, Rendering, Shape
-from schema.compiled.values import NAMESPACE, PageValue
+from schema.compiled.values import NAMESPACE
 from schema.prices.market import candle_rows, latest_price_rows
 from schema.prices.paging import load_price_page
+from schema.prices.paging import read_columns as price_columns
 
 PAGE_INFO = Shape(
     "PageInfo",
@@ -149,30 +151,24 @@ async def _candles(context: Any, kwargs: dict[str, Any], rendering: Rendering) -
     )
 
 
-async def _assets(context: Any, kwargs: dict[str, Any], rendering: Rendering) -> Any:
-    search = kwargs.get("search")
-    page = await asset_page(
-        context, search=search, first=kwargs.get("first"), after=kwargs.get("after")
-    )
-    total = None
-    if ("AssetConnection", "totalCount") in rendering.used:
-        async with context.engine.connect() as conn:
-            total = int(await conn.scalar(asset_count_query(search)) or 0)
-    return PageValue(page.rows, page.page_info, _asset_cursor, total)
-
-
-def _asset_cursor(symbol: str, asset_id: int) -> str:
-    return ASSETS_KEYSET.cursor((symbol, asset_id))
-
-
 CATALOG = Catalog(
     roots={
         "prices": RootSpec(
-            Child("PriceConnection"), load_price_page, prelude="ec = v0.edge_cursor"
+            Child("PriceConnection"),
+            load_price_page,
+            access="position",
+            prelude="ec = v0.edge_cursor",
+            order_columns=price_columns,
         ),
         "latestPrices": RootSpec(Child("Price", many=True), _latest_prices),
         "candles": RootSpec(Child("Candle", many=True), _candles),
-        "assets": RootSpec(Child("AssetConnection"), _assets, prelude="ec = v0.edge_cursor"),
+        "assets": RootSpec(
+            Child("AssetConnection"),
+            load_asset_page,
+            access="position",
+            prelude="ec = v0.edge_cursor",
+            order_columns=asset_columns,
+        ),
     },
     shapes=SHAPES,
     namespace=NAMESPACE,

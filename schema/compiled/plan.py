@@ -15,10 +15,11 @@ whichever path met it first.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from graphql import (
     DocumentNode,
     FieldNode,
@@ -38,9 +39,12 @@ from strawberry.types.arguments import StrawberryArgument, convert_arguments
 
 from schema.compiled.collect import Unsupported, collect, directive_variables
 from schema.compiled.render import Access, Child, Rendering, Shape, compile_rendering
+from server.lru import LRU
 
 PLAN_CACHE_SIZE = 1000
 MAX_VARIANTS = 32
+# Distinct variables per plan whose coerced arguments are kept.
+BOUND_CACHE_SIZE = 64
 
 Loader = Callable[[Any, dict[str, Any], Rendering], Awaitable[Any]]
 """(context, the resolver's keyword arguments, the compiled rendering) -> the value to render."""
@@ -55,6 +59,9 @@ class RootSpec:
     load: Loader
     access: Access = "attribute"
     prelude: str = ""
+    # With `position` access: the columns the loader's statement reads, in its order, for the
+    # columns a selection needs.
+    order_columns: Callable[[Sequence[str]], Sequence[str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,35 +144,54 @@ class OperationPlan:
         self.name = operation.name.value if operation.name else None
         self._conditions = directive_variables([operation, *fragments.values()])
         self._variants: dict[tuple[Any, ...], list[_Root] | None] = {}
+        self._requests: LRU[bytes, tuple[list[tuple[_Root, dict[str, Any]]] | None]] = LRU(
+            BOUND_CACHE_SIZE
+        )
 
     async def execute(
         self, context: Any, variables: Mapping[str, Any] | None
     ) -> dict[str, Any] | None:
         """The response's data, or None when the standard executor must answer instead."""
-        schema = self.compiler.schema
-        coerced = get_variable_values(
-            schema, self.operation.variable_definitions or (), dict(variables or {})
-        )
-        if isinstance(coerced, list):
-            return None
-        roots = self._variant(coerced.coerced)
-        if roots is None:
+        bound = self._bound(variables or {})
+        if bound is None:
             return None
         data: dict[str, Any] = {}
-        for root in roots:
+        for root, kwargs in bound:
             if root.spec is None:
                 data[root.key] = "Query"
                 continue
             assert root.rendering is not None
             try:
-                kwargs = self._kwargs(root, coerced)
                 value = await root.spec.load(context, kwargs, root.rendering)
                 data[root.key] = root.rendering.render(value)
             except Exception:  # the executor reports it, exactly as it always does
                 return None
         return data
 
+    def _bound(self, variables: Mapping[str, Any]) -> list[tuple[_Root, dict[str, Any]]] | None:
+        """The variant these variables select, each root field with its resolver's arguments;
+        None when the variables do not coerce. Kept per distinct variables: a frontend sends
+        the same few again and again."""
+        key = orjson.dumps(variables, option=orjson.OPT_SORT_KEYS)
+        cached = self._requests.get(key)
+        if cached is not None:
+            return cached[0]
+        bound = None
+        coerced = get_variable_values(
+            self.compiler.schema, self.operation.variable_definitions or (), dict(variables)
+        )
+        if not isinstance(coerced, list):
+            roots = self._variant(coerced.coerced)
+            try:
+                bound = None if roots is None else [(r, self._kwargs(r, coerced)) for r in roots]
+            except Exception:  # arguments the executor will report on
+                bound = None
+        self._requests.put(key, (bound,))
+        return bound
+
     def _kwargs(self, root: _Root, coerced: Any) -> dict[str, Any]:
+        if root.spec is None:
+            return {}
         if root.fixed_kwargs is not None:
             return root.fixed_kwargs
         assert root.definition is not None
@@ -228,6 +254,7 @@ class OperationPlan:
                 access=spec.access,
                 namespace=compiler.catalog.namespace,
                 prelude=spec.prelude,
+                order_columns=spec.order_columns,
             )
             roots.append(
                 _Root(

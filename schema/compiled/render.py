@@ -14,7 +14,7 @@ selects.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -145,14 +145,24 @@ def compile_rendering(
     access: Access,
     namespace: Mapping[str, Any],
     prelude: str = "",
+    order_columns: Callable[[Sequence[str]], Sequence[str]] | None = None,
 ) -> Rendering:
     """The function rendering a root field's value (`v0`) for this selection.
 
     `namespace` holds the helpers the expressions call; `prelude` is code run first (for
-    example, binding a per-result helper from `v0`).
+    example, binding a per-result helper from `v0`). With `position` access, rows are tuples:
+    `order_columns` says where the loader's statement puts the columns the selection reads
+    (by default, in the order the selection first reads them).
     """
     writer = _Writer(schema, shapes, fragments, variables, access)
     expression = writer.value(root, nodes, "v0", _ROOT)
+    if access == "position" and order_columns is not None:
+        # Again, with each column where the statement the loader runs puts it.
+        read = order_columns(writer.columns)
+        writer = _Writer(schema, shapes, fragments, variables, access, list(read))
+        expression = writer.value(root, nodes, "v0", _ROOT)
+        if writer.columns != list(read):
+            raise ValueError(f"{root.shape}: columns {writer.columns} outside {list(read)}")
     lines = ["def render(v0):"]
     lines += [f"    {line}" for line in prelude.splitlines() if line.strip()]
     lines.append(f"    return {expression}")

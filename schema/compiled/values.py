@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from schema.pagination import PageInfo
+from schema.pagination import Keyset, PageArgs, PageInfo
 from schema.prices.types import ingest_cursor
 from schema.scalars import serialize_datetime, serialize_decimal
 
@@ -17,8 +17,14 @@ def optional_datetime(value: datetime | None) -> str | None:
     return None if value is None else serialize_datetime(value)
 
 
-def optional_decimal(value: Decimal | None) -> str | None:
-    return None if value is None else serialize_decimal(value)
+def decimal(value: Decimal | str) -> str:
+    """A Decimal in plain notation; a string is PostgreSQL's text of a NUMERIC (plain already,
+    the same digits: what `format(Decimal(text), "f")` writes)."""
+    return value if value.__class__ is str else serialize_decimal(value)  # type: ignore[arg-type]
+
+
+def optional_decimal(value: Decimal | str | None) -> str | None:
+    return None if value is None else decimal(value)
 
 
 def optional_id(value: int | None) -> str | None:
@@ -28,11 +34,29 @@ def optional_id(value: int | None) -> str | None:
 NAMESPACE: dict[str, Any] = {
     "dt": serialize_datetime,
     "odt": optional_datetime,
-    "dec": serialize_decimal,
+    "dec": decimal,
     "odec": optional_decimal,
     "oid": optional_id,
     "ingest_cursor": ingest_cursor,
 }
+
+
+def near_page(
+    rows: list[Any], page: PageArgs, keyset: Keyset, key_of: Callable[[Any], tuple[Any, ...]]
+) -> tuple[list[Any], PageInfo]:
+    """A page from the `size + 1` rows read past its cursor: the rows in page order, and its
+    pageInfo (the far side of the cursor, not read, is False)."""
+    more = len(rows) > page.size
+    rows = rows[: page.size]
+    if page.backwards:
+        rows.reverse()
+    info = PageInfo(
+        has_next_page=more and not page.backwards,
+        has_previous_page=more and page.backwards,
+        start_cursor=keyset.cursor(key_of(rows[0])) if rows else None,
+        end_cursor=keyset.cursor(key_of(rows[-1])) if rows else None,
+    )
+    return rows, info
 
 
 @dataclass(slots=True)

@@ -284,6 +284,19 @@ class PriceCache:
         by_source = self._latest.get(asset_id, {})
         return [by_source[source] for source in sorted(by_source)]
 
+    def asset_ids(self, symbols: Collection[str]) -> dict[str, set[int]] | None:
+        """The assets of each symbol known here (case-insensitive), by upper-cased symbol;
+        None when not ready. A symbol left out may still exist: an asset is learnt from its
+        first price's event, which comes after the commit, so ask the database for those."""
+        if not self._ready:
+            return None
+        found: dict[str, set[int]] = {}
+        for symbol in symbols:
+            ids = self._by_symbol.get(symbol.upper())
+            if ids:
+                found[symbol.upper()] = set(ids)
+        return found
+
     def assets_named(self, symbol: str) -> list[AssetName] | None:
         """The assets with this symbol (case-insensitive), by slug; None when unknown here."""
         if not self._ready:

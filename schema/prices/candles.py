@@ -17,11 +17,12 @@ Buckets are aligned on the Unix epoch in UTC (so days start at 00:00 UTC).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -38,8 +39,10 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from schema.compiled.sql import Prepared, Unpreparable
 from server.sqltypes import ExactDecimal
 from server.tables import prices
 
@@ -257,28 +260,74 @@ async def candles_sql(
     end: datetime,
     source: str | None,
 ) -> list[CandleRow]:
-    """Candles of one asset for buckets in [start, end), oldest first (one statement)."""
-    query = candle_query(
-        conn.dialect.name,
-        asset_id=asset_id,
-        interval=interval,
-        start=start,
-        end=end,
-        source=source,
-    )
+    """Candles of one asset for buckets in [start, end), oldest first (one statement; on
+    PostgreSQL prepared once per interval, schema.compiled.sql)."""
+    prepared = None
+    if conn.dialect.name == "postgresql":
+        prepared = _prepared_query(conn.dialect, interval, source is not None)
+    if prepared is not None:
+        values = {"asset_id": asset_id, "start": start, "end": end, "source": source}
+        rows: Sequence[Any] = await prepared.fetch(conn, values)
+    else:
+        query = candle_query(
+            conn.dialect.name,
+            asset_id=asset_id,
+            interval=interval,
+            start=start,
+            end=end,
+            source=source,
+        )
+        rows = (await conn.execute(query)).all()
+    # Columns: bucket, open, high, low, close, volume, observations, sources.
     return [
         CandleRow(
-            bucket_start=EPOCH + timedelta(seconds=int(row.bucket)),
-            open=row.open,
-            high=row.high,
-            low=row.low,
-            close=row.close,
-            volume=row.volume,
-            observations=int(row.observations),
-            sources=tuple(sorted(row.sources.split(","))),
+            datetime.fromtimestamp(int(row[0]), UTC),
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            int(row[6]),
+            _source_names(row[7]),
         )
-        for row in await conn.execute(query)
+        for row in rows
     ]
+
+
+@lru_cache(maxsize=256)
+def _source_names(aggregated: str) -> tuple[str, ...]:
+    """The sources of a bucket, by name, from the SQL aggregate ("csv,coingecko")."""
+    return tuple(sorted(aggregated.split(",")))
+
+
+_PROBE_ASSET = -1_000_000
+_PROBE_SOURCE = "\x00probe"
+_PROBE_START = datetime(1901, 1, 1, tzinfo=UTC)
+_PROBE_END = datetime(1901, 1, 2, tzinfo=UTC)
+
+
+@lru_cache(maxsize=32)
+def _prepared_query(dialect: Dialect, interval: Interval, by_source: bool) -> Prepared | None:
+    """`candle_query` for one interval, with or without a source, prepared for PostgreSQL."""
+    probes: dict[Hashable, str] = {
+        _PROBE_ASSET: "asset_id",
+        _PROBE_START: "start",
+        _PROBE_END: "end",
+    }
+    if by_source:
+        probes[_PROBE_SOURCE] = "source"
+    query = candle_query(
+        dialect.name,
+        asset_id=_PROBE_ASSET,
+        interval=interval,
+        start=_PROBE_START,
+        end=_PROBE_END,
+        source=_PROBE_SOURCE if by_source else None,
+    )
+    try:
+        return Prepared(query, probes, dialect)
+    except Unpreparable:
+        return None
 
 
 async def observations_since(

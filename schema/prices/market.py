@@ -17,6 +17,7 @@ from schema.prices.candles import CandleRow, Interval, candles_sql
 from schema.prices.latest import PriceRow, latest_rows
 from schema.prices.query import validate_sources
 from schema.prices.types import Price
+from server.db import read_engine
 
 MAX_CANDLE_BUCKETS = 1000
 
@@ -98,7 +99,7 @@ async def _asset_id(context: Context, symbol: str, asset: strawberry.ID | None) 
     wanted = None if asset is None else parse_asset_id(asset)
     named = context.price_cache.assets_named(symbol)
     if named is None or (wanted is not None and wanted not in {name.id for name in named}):
-        async with context.engine.connect() as conn:
+        async with read_engine(context.engine).connect() as conn:
             rows = await assets_with_symbol(conn, symbol)
         pairs: list[tuple[int, str]] = [(int(row.id), str(row.slug)) for row in rows]
     else:
@@ -121,7 +122,7 @@ async def latest_price_rows(
     names = validate_sources(sources)
     rows = context.price_cache.latest(symbols=symbols, sources=names)
     if rows is None:
-        async with context.engine.connect() as conn:
+        async with read_engine(context.engine).connect() as conn:
             rows = await latest_rows(conn, symbols=symbols, sources=names)
     return rows
 
@@ -145,7 +146,7 @@ async def candle_rows(
         asset_id=asset_id, interval=interval, source=source_name, start=start, end=end, now=now
     )
     if rows is None:
-        async with context.engine.connect() as conn:
+        async with read_engine(context.engine).connect() as conn:
             rows = await candles_sql(
                 conn, asset_id=asset_id, interval=interval, start=start, end=end, source=source_name
             )

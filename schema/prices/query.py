@@ -1,69 +1,79 @@
-"""The prices query: filtered keyset pages in four orderings."""
+"""The prices query: filtered keyset pages in four orderings (the SQL is in `page`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import strawberry
 from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.types import Info
+from strawberry.types.nodes import SelectedField, Selection
 
 from schema.context import Context
-from schema.errors import UnknownSource, UserError
-from schema.pagination import Keyset, PageArgs, fetch_page, parse_int, parse_time
+from schema.pagination import Page, PageArgs
 from schema.prices.latest import ROW_COLUMNS
-from schema.prices.types import Price, PriceConnection, PriceEdge, PriceFilter, PriceOrder
-from server.settings import KNOWN_SOURCES
+from schema.prices.page import (
+    KEYSETS,
+    check_window,
+    key_of,
+    price_count,
+    price_page,
+    resolve_asset_ids,
+    validate_sources,
+)
+from schema.prices.types import (
+    ALL_COLUMNS,
+    FIELD_COLUMNS,
+    Price,
+    PriceConnection,
+    PriceEdge,
+    PriceFilter,
+    PriceOrder,
+)
+from server.db import read
 from server.tables import assets, prices
 
-PRICE_COLUMNS = ROW_COLUMNS
-
-_TIME_ID = (parse_time, parse_int)
-KEYSETS = {
-    PriceOrder.OBSERVED_AT_DESC: Keyset(
-        "prices:t-", (prices.c.observed_at, prices.c.id), True, _TIME_ID
-    ),
-    PriceOrder.OBSERVED_AT_ASC: Keyset(
-        "prices:t+", (prices.c.observed_at, prices.c.id), False, _TIME_ID
-    ),
-    PriceOrder.INGESTED_DESC: Keyset("prices:i-", (prices.c.id,), True, (parse_int,)),
-    PriceOrder.INGESTED_ASC: Keyset("prices:i+", (prices.c.id,), False, (parse_int,)),
-}
+__all__ = ["KEYSETS", "PRICE_COLUMNS", "PricesQuery", "filtered", "validate_sources"]
 
 
-def validate_sources(sources: list[str] | None) -> list[str] | None:
-    if sources is None:
-        return None
-    names = [source.lower() for source in sources]
-    unknown = [name for name in names if name not in KNOWN_SOURCES]
-    if unknown:
-        raise UnknownSource(
-            f"unknown source(s) {', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_SOURCES)}"
-        )
-    return names
+def _fields(selections: Iterable[Selection]) -> Iterator[SelectedField]:
+    """The fields of a selection set, through fragments (spread or inline)."""
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            yield selection
+        else:
+            yield from _fields(selection.selections)
 
 
-def filtered(where: PriceFilter | None, base: Select[Any]) -> Select[Any]:
-    """`base` restricted by the filter (symbols are case-insensitive; `to` is exclusive)."""
-    if where is None:
-        return base
-    if where.symbols is not None:
-        symbols = [symbol.upper() for symbol in where.symbols]
-        base = base.where(
-            prices.c.asset_id.in_(
-                select(assets.c.id).where(func.upper(assets.c.symbol).in_(symbols))
-            )
-        )
-    sources = validate_sources(where.sources)
-    if sources is not None:
-        base = base.where(prices.c.source.in_(sources))
-    if where.from_ is not None and where.to is not None and where.from_ >= where.to:
-        raise UserError("`from` must be before `to`", code="BAD_DATE_RANGE")
-    if where.from_ is not None:
-        base = base.where(prices.c.observed_at >= where.from_)
-    if where.to is not None:
-        base = base.where(prices.c.observed_at < where.to)
-    return base
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """What a prices selection reads: the row columns and the pageInfo flags that cost SQL."""
+
+    columns: frozenset[str]
+    has_next: bool
+    has_previous: bool
+
+    @classmethod
+    def of(cls, connection_fields: Iterable[Selection]) -> Wanted:
+        columns: set[str] = set()
+        flags: set[str] = set()
+        for field in _fields(connection_fields):
+            for part in _fields(field.selections):
+                if part.name == "edges":
+                    nodes = [f for f in _fields(part.selections) if f.name == "node"]
+                elif part.name == "nodes":
+                    nodes = [part]
+                else:
+                    nodes = []
+                    if part.name == "pageInfo":
+                        flags.update(f.name for f in _fields(part.selections))
+                for node in nodes:
+                    for price_field in _fields(node.selections):
+                        columns.update(FIELD_COLUMNS.get(price_field.name, ALL_COLUMNS))
+        return cls(frozenset(columns), "hasNextPage" in flags, "hasPreviousPage" in flags)
 
 
 @strawberry.type
@@ -87,20 +97,64 @@ class PricesQuery:
             before=before,
             max_size=context.settings.max_page_size,
         )
-        keyset = KEYSETS[order_by]
-        base = filtered(
-            filter, select(*PRICE_COLUMNS).join(assets, assets.c.id == prices.c.asset_id)
-        )
-        key_of = (
-            (lambda row: (row.observed_at, row.id))
-            if len(keyset.columns) == 2
-            else (lambda row: (row.id,))
-        )
-        async with context.engine.connect() as conn:
-            result = await fetch_page(conn, base, keyset, page, key_of)
+        where = filter or PriceFilter()
+        sources = validate_sources(where.sources)
+        check_window(where.from_, where.to)
+        wanted = Wanted.of(info.selected_fields)
+        symbols = where.symbols
+
+        async def work(conn: AsyncConnection) -> tuple[list[int] | None, Page]:
+            asset_ids = None
+            if symbols is not None:
+                cache = context.price_cache
+                asset_ids = await resolve_asset_ids(conn, cache=cache, symbols=symbols)
+            result = await price_page(
+                conn,
+                asset_ids=asset_ids,
+                sources=sources,
+                from_=where.from_,
+                to=where.to,
+                page=page,
+                order_by=order_by,
+                columns=wanted.columns,
+                need_has_next=wanted.has_next,
+                need_has_previous=wanted.has_previous,
+            )
+            return asset_ids, result
+
+        asset_ids, result = await read(context.engine, work)
+        keyset, key = KEYSETS[order_by], key_of(order_by)
         edges = [
-            PriceEdge(cursor=keyset.cursor(key_of(row)), node=Price.from_row(row))
+            PriceEdge(cursor=keyset.cursor(key(row)), node=Price.from_row(row))
             for row in result.rows
         ]
-        count_query = filtered(filter, select(func.count()).select_from(prices))
+        count_query = price_count(
+            asset_ids=asset_ids, sources=sources, from_=where.from_, to=where.to
+        )
         return PriceConnection(edges=edges, page_info=result.page_info, count_query=count_query)
+
+
+# Kept for schema/prices/paging.py until it calls `price_page` (the page as one statement).
+PRICE_COLUMNS = ROW_COLUMNS
+
+
+def filtered(where: PriceFilter | None, base: Select[Any]) -> Select[Any]:
+    """`base` restricted by the filter (symbols through a subquery on assets)."""
+    if where is None:
+        return base
+    if where.symbols is not None:
+        symbols = [symbol.upper() for symbol in where.symbols]
+        base = base.where(
+            prices.c.asset_id.in_(
+                select(assets.c.id).where(func.upper(assets.c.symbol).in_(symbols))
+            )
+        )
+    sources = validate_sources(where.sources)
+    if sources is not None:
+        base = base.where(prices.c.source.in_(sources))
+    check_window(where.from_, where.to)
+    if where.from_ is not None:
+        base = base.where(prices.c.observed_at >= where.from_)
+    if where.to is not None:
+        base = base.where(prices.c.observed_at < where.to)
+    return base

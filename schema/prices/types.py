@@ -13,6 +13,7 @@ from strawberry.types import Info
 from schema.assets.types import Asset
 from schema.context import Context
 from schema.pagination import PageInfo, encode_cursor
+from server.db import read
 
 INGEST_CURSOR = "ingest"
 
@@ -48,6 +49,27 @@ class Provenance:
     updated_at: datetime | None
 
 
+# The columns each field of `Price` is made of (GraphQL names); a field not listed needs all.
+FIELD_COLUMNS: dict[str, tuple[str, ...]] = {
+    "__typename": (),
+    "id": ("id",),
+    "cursor": ("id",),
+    "symbol": ("symbol",),
+    "assetId": ("asset_id",),
+    "asset": ("asset_id",),
+    "source": ("source",),
+    "observedAt": ("observed_at",),
+    "priceUsd": ("price_usd",),
+    "marketCapUsd": ("market_cap_usd",),
+    "volume24hUsd": ("volume_24h_usd",),
+    "openUsd": ("open_usd",),
+    "highUsd": ("high_usd",),
+    "lowUsd": ("low_usd",),
+    "provenance": ("run_id", "origin", "ingested_at", "updated_at"),
+}
+ALL_COLUMNS = tuple(sorted({column for columns in FIELD_COLUMNS.values() for column in columns}))
+
+
 @strawberry.type(description="One observation of one asset's price by one source.")
 class Price:
     id: strawberry.ID
@@ -66,24 +88,31 @@ class Price:
 
     @classmethod
     def from_row(cls, row: Any) -> Price:
+        """From a row with `id` and any of the other columns; a field whose column the row
+        lacks was not selected (see `FIELD_COLUMNS`) and is never read."""
+
+        def get(name: str) -> Any:
+            return getattr(row, name, None)
+
+        run_id = get("run_id")
         return cls(
             id=strawberry.ID(str(row.id)),
             cursor=ingest_cursor(row.id),
-            symbol=row.symbol,
-            asset_id=strawberry.ID(str(row.asset_id)),
-            source=row.source,
-            observed_at=row.observed_at,
-            price_usd=row.price_usd,
-            market_cap_usd=row.market_cap_usd,
-            volume_24h_usd=row.volume_24h_usd,
-            open_usd=row.open_usd,
-            high_usd=row.high_usd,
-            low_usd=row.low_usd,
+            symbol=get("symbol"),
+            asset_id=strawberry.ID(str(get("asset_id"))),
+            source=get("source"),
+            observed_at=get("observed_at"),
+            price_usd=get("price_usd"),
+            market_cap_usd=get("market_cap_usd"),
+            volume_24h_usd=get("volume_24h_usd"),
+            open_usd=get("open_usd"),
+            high_usd=get("high_usd"),
+            low_usd=get("low_usd"),
             provenance=Provenance(
-                run_id=None if row.run_id is None else strawberry.ID(str(row.run_id)),
-                origin=row.origin,
-                ingested_at=row.ingested_at,
-                updated_at=row.updated_at,
+                run_id=None if run_id is None else strawberry.ID(str(run_id)),
+                origin=get("origin"),
+                ingested_at=get("ingested_at"),
+                updated_at=get("updated_at"),
             ),
         )
 
@@ -111,5 +140,7 @@ class PriceConnection:
 
     @strawberry.field(description="All prices matching the filter (counted only when asked).")
     async def total_count(self, info: Info[Context, None]) -> int:
-        async with info.context.engine.connect() as conn:
-            return int(await conn.scalar(self.count_query) or 0)
+        query = self.count_query
+        if query is None:  # nothing can match (no asset has the symbols)
+            return 0
+        return int(await read(info.context.engine, lambda conn: conn.scalar(query)) or 0)

@@ -6,14 +6,14 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db import create_engine
 from server.migrate import downgrade, upgrade
 from server.settings import Settings
-from server.tables import metadata
+from server.tables import PRICES_PAIR_STATISTICS, metadata
 
 
 def _differences(connection: Connection) -> list[Any]:
@@ -61,9 +61,18 @@ async def test_prices_have_the_indexes_keyset_pages_need(engine: AsyncEngine) ->
 
     async with engine.connect() as conn:
         found = await conn.run_sync(indexes)
+    # By time: all, one asset, one source, one asset from one source (the unique constraint).
     assert ["asset_id", "source", "observed_at"] in found.values()
     assert ["asset_id", "observed_at", "id"] in found.values()
+    assert ["source", "observed_at", "id"] in found.values()
     assert ["observed_at", "id"] in found.values()
+    # In ingestion order: one asset, one source (all: the primary key).
+    assert ["asset_id", "id"] in found.values()
+    assert ["source", "id"] in found.values()
+    if engine.dialect.name == "postgresql":  # how many prices a pair has: for the planner
+        async with engine.connect() as conn:
+            names = await conn.scalars(text("SELECT stxname FROM pg_statistic_ext"))
+            assert PRICES_PAIR_STATISTICS in names.all()
 
 
 async def test_the_model_schema_has_every_table_of_the_design() -> None:

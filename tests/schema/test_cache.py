@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
@@ -20,7 +20,7 @@ import schema.prices.cache as cache_module
 from schema.prices.cache import PriceCache
 from schema.prices.candles import Interval
 from server.broker import Broker, MemoryBroker, RedisBroker
-from server.tables import prices
+from server.tables import assets, prices
 from tests.schema.conftest import app_settings
 from tests.support.asgi import graphql, running_app
 from tests.support.redis_server import private_redis_server
@@ -419,3 +419,26 @@ async def test_a_corrected_price_reaches_the_cache_as_an_update(
         assert statements == []
         assert before != "12345.5"
         assert after == "12345.5"
+
+
+async def test_symbols_resolve_to_asset_ids_in_memory_and_follow_identity_changes(
+    engine: AsyncEngine, btc: int
+) -> None:
+    async with running_app(app_settings(engine)) as (app, _):
+        cache = await cache_of(app)
+        broker = app.state.broker
+        assert cache.asset_ids(["btc", "new"]) == {"BTC": {btc}}  # NEW: ask the database
+
+        [new] = (await seed_assets(engine, ("new-coin", "NEW", "New coin"))).values()
+        price_id = await commit_and_publish(engine, broker, new, "csv", NOW, "1.5")
+        await eventually(holds(cache, price_id), what="the new asset's first price")
+        assert cache.asset_ids(["New"]) == {"NEW": {new}}
+
+        # An identity override renames it, and announces a resync: the cache reloads.
+        async with engine.begin() as conn:
+            await conn.execute(update(assets).where(assets.c.id == new).values(symbol="NEU"))
+        reloads = cache.reloads
+        await publish(broker, PRICES_CHANNEL, {"type": "resync", "reason": "identity override"})
+        await eventually(lambda: cache.reloads > reloads and cache.ready, what="the reload")
+        assert cache.asset_ids(["new", "neu"]) == {"NEU": {new}}
+    assert cache.asset_ids(["btc"]) is None  # stopped: not ready

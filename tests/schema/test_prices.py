@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,8 +14,11 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
-from tests.support.asgi import graphql
+from tests.schema.conftest import app_settings
+from tests.support.asgi import graphql, running_app
+from tests.support.resolvers import Resolvers
 from tests.support.seed import seed_assets, seed_prices
+from tests.support.statements import eventually, recorded_on_the_wire, recorded_statements
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -228,3 +233,157 @@ async def test_a_cursor_of_another_ordering_is_refused(client: httpx.AsyncClient
     code, message = error_of(body)
     assert code == "INVALID_CURSOR"
     assert "ordering" in message
+
+
+# ---- the resolver itself (the compiled path of /graphql may answer without it) ----
+
+SYMBOL_PAGE = """query($after: String) {
+  prices(first: 3, after: $after, filter: {symbols: ["btc"]}) {
+    edges { cursor node { id observedAt priceUsd } }
+    pageInfo { hasNextPage endCursor }
+  }
+}"""
+
+
+@pytest.fixture
+async def served(
+    engine: AsyncEngine, market: dict[str, int]
+) -> AsyncIterator[tuple[Starlette, Resolvers]]:
+    """The app started on the seeded market (its cache knows BTC and ETH), and its resolvers."""
+    async with running_app(app_settings(engine)) as (starlette_app, _):
+        await eventually(lambda: starlette_app.state.price_cache.ready, what="the price cache")
+        yield starlette_app, Resolvers(starlette_app)
+
+
+async def test_a_page_of_a_symbol_is_one_statement_and_nothing_else(
+    served: tuple[Starlette, Resolvers],
+) -> None:
+    starlette_app, run = served
+    app_engine: AsyncEngine = starlette_app.state.engine
+    if app_engine.dialect.name != "postgresql":
+        pytest.skip("what goes on the wire is asyncpg's")
+    await app_engine.dispose()  # every connection from here on is watched
+    with recorded_on_the_wire(app_engine) as wire:
+        await run(SYMBOL_PAGE)  # a pooled connection to reuse, as a running server has
+        await asyncio.sleep(0)
+        wire.clear()
+        with recorded_statements(app_engine) as statements:
+            body = await run(SYMBOL_PAGE)
+        await asyncio.sleep(0)
+    assert "errors" not in body, body
+    assert len(body["data"]["prices"]["edges"]) == 3
+    assert body["data"]["prices"]["pageInfo"]["hasNextPage"] is True
+    # The symbol came from the cache, the page is one statement, with no BEGIN, ROLLBACK or ping.
+    assert len(statements) == 1, statements
+    assert "FROM assets" not in statements[0]
+    assert wire == []
+
+
+async def test_the_far_side_of_a_cursor_is_checked_only_when_asked(
+    served: tuple[Starlette, Resolvers],
+) -> None:
+    starlette_app, run = served
+    first = await run(SYMBOL_PAGE)
+    after = first["data"]["prices"]["pageInfo"]["endCursor"]
+    with recorded_statements(starlette_app.state.engine) as statements:
+        await run(SYMBOL_PAGE, {"after": after})
+        without = len(statements)
+        statements.clear()
+        asked = SYMBOL_PAGE.replace("hasNextPage endCursor", "hasNextPage hasPreviousPage")
+        body = await run(asked, {"after": after})
+    assert body["data"]["prices"]["pageInfo"] == {"hasNextPage": True, "hasPreviousPage": True}
+    assert without == 1
+    assert len(statements) == 2, statements
+    assert "EXISTS" in statements[1].upper()
+
+
+async def test_only_the_selected_columns_are_read(served: tuple[Starlette, Resolvers]) -> None:
+    starlette_app, run = served
+    query = """{ prices(first: 2) { ...page } }
+      fragment page on PriceConnection { nodes { ... on Price { id at: observedAt } } }"""
+    with recorded_statements(starlette_app.state.engine) as statements:
+        body = await run(query)
+        await run("{ prices(first: 2) { nodes { symbol provenance { origin } } } }")
+    assert [set(node) for node in body["data"]["prices"]["nodes"]] == [{"id", "at"}] * 2
+    narrow, wide = statements
+    assert "price_usd" not in narrow
+    assert "FROM assets" not in narrow
+    assert "FROM assets" in wide  # the symbol
+    assert "origin" in wide
+    assert "market_cap_usd" not in wide
+
+
+async def test_a_symbol_no_asset_has_is_an_empty_page_without_a_page_query(
+    served: tuple[Starlette, Resolvers],
+) -> None:
+    starlette_app, run = served
+    query = """{ prices(first: 5, filter: {symbols: ["NOPE"]}) {
+        edges { node { id } } totalCount
+        pageInfo { hasNextPage hasPreviousPage startCursor endCursor } } }"""
+    with recorded_statements(starlette_app.state.engine) as statements:
+        body = await run(query)
+    assert body["data"]["prices"] == {
+        "edges": [],
+        "totalCount": 0,
+        "pageInfo": {
+            "hasNextPage": False,
+            "hasPreviousPage": False,
+            "startCursor": None,
+            "endCursor": None,
+        },
+    }
+    # The one statement: asking the database about the symbol the cache does not know.
+    assert len(statements) == 1, statements
+    assert "FROM assets" in statements[0]
+
+
+async def test_a_new_assets_price_is_found_before_its_event_reaches_the_cache(
+    served: tuple[Starlette, Resolvers], engine: AsyncEngine
+) -> None:
+    _, run = served
+    ids = await seed_assets(engine, ("solana", "SOL", "Solana"))
+    await seed_prices(engine, [(ids["solana"], "coingecko", T0, Decimal(150))])  # no event
+    body = await run('{ prices(filter: {symbols: ["sol"]}) { nodes { symbol priceUsd } } }')
+    assert body["data"]["prices"]["nodes"] == [{"symbol": "SOL", "priceUsd": "150"}]
+
+
+async def test_a_symbol_several_assets_share_pages_through_all_of_them(
+    engine: AsyncEngine,
+) -> None:
+    ids = await seed_assets(
+        engine, ("uniswap", "UNI", "Uniswap"), ("unicorn", "uni", "Unicorn"), ("eth", "ETH", "E")
+    )
+    await seed_prices(
+        engine,
+        [
+            (ids[slug], source, T0 + timedelta(hours=h), Decimal(h + 1))
+            for h in range(6)
+            for slug in ("uniswap", "unicorn", "eth")
+            for source in ("coingecko", "csv")
+        ],
+    )
+
+    async def walk(answer: Any, order: str) -> list[dict[str, Any]]:
+        nodes: list[dict[str, Any]] = []
+        variables: dict[str, Any] = {"filter": {"symbols": ["Uni"]}, "orderBy": order, "first": 7}
+        while True:
+            body = await answer(PAGE, variables)
+            assert "errors" not in body, body
+            nodes += [edge["node"] for edge in body["data"]["prices"]["edges"]]
+            info = body["data"]["prices"]["pageInfo"]
+            if not info["hasNextPage"]:
+                return nodes
+            variables["after"] = info["endCursor"]
+
+    async with running_app(app_settings(engine)) as (starlette_app, client):
+        answers = [Resolvers(starlette_app), lambda q, v: graphql(client, q, v)]
+        for order in ("OBSERVED_AT_DESC", "INGESTED_ASC"):
+            for answer in answers:
+                nodes = await walk(answer, order)
+                assert len({node["id"] for node in nodes}) == len(nodes) == 24
+                assert {node["symbol"] for node in nodes} == {"UNI", "uni"}
+                if order == "OBSERVED_AT_DESC":
+                    keys = [(node["observedAt"], int(node["id"])) for node in nodes]
+                    assert keys == sorted(keys, reverse=True)
+                else:
+                    assert [int(n["id"]) for n in nodes] == sorted(int(n["id"]) for n in nodes)

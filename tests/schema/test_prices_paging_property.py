@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from server.settings import Settings
 from server.tables import prices
 from tests.support.asgi import graphql, running_app
+from tests.support.resolvers import Resolvers
 from tests.support.seed import seed_assets, seed_prices
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -96,8 +98,11 @@ filters = st.fixed_dictionaries(
 ).filter(lambda f: "from" not in f or "to" not in f or f["from"] < f["to"])
 
 
+Answer = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 async def _walk(
-    client: httpx.AsyncClient, flt: dict[str, Any], order: str, size: int, backwards: bool
+    answer: Answer, flt: dict[str, Any], order: str, size: int, backwards: bool
 ) -> list[int]:
     seen: list[int] = []
     cursor: str | None = None
@@ -106,7 +111,7 @@ async def _walk(
         variables.update(
             {"last": size, "before": cursor} if backwards else {"first": size, "after": cursor}
         )
-        body = await graphql(client, QUERY, variables)
+        body = await answer(QUERY, variables)
         assert "errors" not in body, body
         result = body["data"]["prices"]
         ids = [int(edge["node"]["id"]) for edge in result["edges"]]
@@ -124,12 +129,19 @@ async def _walk(
     raise AssertionError("paging did not end")
 
 
-async def test_every_row_exactly_once_in_order(engine: AsyncEngine) -> None:
+@pytest.mark.parametrize("via", ["http", "resolvers"])
+async def test_every_row_exactly_once_in_order(engine: AsyncEngine, via: str) -> None:
+    """Through /graphql (whichever path answers there), and through the resolvers alone."""
     rows = await _seed(engine)
     url = engine.url.render_as_string(hide_password=False)
     # Thousands of pages in seconds: far above any client's rate limit, which is off here.
     settings_ = Settings.load(_env_file=None, DATABASE_URL=url, KASPARRO_RATE_LIMIT_PER_MINUTE=0)
-    async with running_app(settings_) as (_, client):
+    async with running_app(settings_) as (app, client):
+
+        async def over_http(query: str, variables: dict[str, Any]) -> dict[str, Any]:
+            return await graphql(client, query, variables)
+
+        answer: Answer = over_http if via == "http" else Resolvers(app)
 
         @settings(
             max_examples=30,
@@ -145,7 +157,7 @@ async def test_every_row_exactly_once_in_order(engine: AsyncEngine) -> None:
         )
         def check(flt: dict[str, Any], order: str, size: int, backwards: bool) -> None:
             expected = _expected(rows, flt, order)
-            seen = portal_run(_walk(client, flt, order, size, backwards))
+            seen = portal_run(_walk(answer, flt, order, size, backwards))
             assert seen == expected
 
         portal_run = _Portal()

@@ -27,6 +27,33 @@ def recorded_statements(engine: AsyncEngine) -> Iterator[list[str]]:
         event.remove(sync_engine, "before_cursor_execute", record)
 
 
+@contextmanager
+def recorded_on_the_wire(engine: AsyncEngine) -> Iterator[list[str]]:
+    """What asyncpg sends besides the prepared statements `recorded_statements` sees: BEGIN,
+    COMMIT and ROLLBACK, the pool's liveness ping. Only connections `engine` opens while the
+    block runs are watched (dispose its pool first); read the list after an `await`, as asyncpg
+    reports on the next turn of the event loop."""
+    sent: list[str] = []
+    drivers: list[Any] = []
+
+    def log(record: Any) -> None:
+        sent.append(record.query)
+
+    def watch(dbapi_connection: Any, _record: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        driver.add_query_logger(log)
+        drivers.append(driver)
+
+    sync_engine = engine.sync_engine
+    event.listen(sync_engine, "connect", watch)
+    try:
+        yield sent
+    finally:
+        event.remove(sync_engine, "connect", watch)
+        for driver in drivers:
+            driver.remove_query_logger(log)
+
+
 def selects(statements: list[str]) -> list[str]:
     return [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
 

@@ -1,0 +1,346 @@
+"""One page of prices in one statement, callable without GraphQL (the resolver and fast paths).
+
+Symbols are resolved to asset ids first (from the hot-read cache when it knows them), so the
+page filters on `asset_id` itself and reads one index range per asset and/or source, from the
+cursor on: `WHERE asset_id = :a AND (observed_at, id) < (:t, :id) ORDER BY asset_id DESC,
+observed_at DESC, id DESC LIMIT n + 1`. On PostgreSQL the asset is `pinned` (`= ANY(ARRAY[:a])`)
+so that the ORDER BY keeps it and only the asset's own index can give that order: the index of
+all prices by time would otherwise look as cheap, and be walked, filtering, as far as the
+asset's prices are from the cursor. Several assets or sources are one such part each, merged by
+UNION ALL (`schema.pagination.page_statement`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
+from itertools import product
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    Text,
+    bindparam,
+    cast,
+    func,
+    literal,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from schema.errors import UnknownSource, UserError
+from schema.pagination import (
+    Keyset,
+    Page,
+    PageArgs,
+    PageInfo,
+    Part,
+    fetch_page,
+    page_statement,
+    parse_int,
+    parse_time,
+    pinned,
+)
+from schema.prices.types import PriceOrder
+from server.settings import KNOWN_SOURCES
+from server.sqltypes import ExactDecimal
+from server.tables import assets, prices
+
+if TYPE_CHECKING:
+    from schema.prices.cache import PriceCache
+
+_TIME_ID = (parse_time, parse_int)
+KEYSETS = {
+    PriceOrder.OBSERVED_AT_DESC: Keyset(
+        "prices:t-", (prices.c.observed_at, prices.c.id), True, _TIME_ID
+    ),
+    PriceOrder.OBSERVED_AT_ASC: Keyset(
+        "prices:t+", (prices.c.observed_at, prices.c.id), False, _TIME_ID
+    ),
+    PriceOrder.INGESTED_DESC: Keyset("prices:i-", (prices.c.id,), True, (parse_int,)),
+    PriceOrder.INGESTED_ASC: Keyset("prices:i+", (prices.c.id,), False, (parse_int,)),
+}
+
+# What a page row can carry: every column of `prices`, and the asset's symbol. The symbol is a
+# subquery per row read, not a join: a join lets the planner hash all matching prices and sort
+# them when it expects few, where the page must stay an ordered index scan stopped by LIMIT.
+_SYMBOL = select(assets.c.symbol).where(assets.c.id == prices.c.asset_id).scalar_subquery()
+COLUMNS: dict[str, ColumnElement[Any]] = {column.key: column for column in prices.c} | {
+    "symbol": _SYMBOL
+}
+# Always read: the keys of every cursor.
+KEY_COLUMNS = ("id", "observed_at")
+
+# Above this many (asset, source) branches the page is one scan with IN lists instead: a filter
+# that wide keeps most rows anyway, and the statement stays small.
+MAX_BRANCHES = 64
+
+
+def validate_sources(sources: Sequence[str] | None) -> list[str] | None:
+    """Source names, lower-cased; UnknownSource for a name no source has."""
+    if sources is None:
+        return None
+    names = [source.lower() for source in sources]
+    unknown = [name for name in names if name not in KNOWN_SOURCES]
+    if unknown:
+        raise UnknownSource(
+            f"unknown source(s) {', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_SOURCES)}"
+        )
+    return names
+
+
+def check_window(from_: datetime | None, to: datetime | None) -> None:
+    if from_ is not None and to is not None and from_ >= to:
+        raise UserError("`from` must be before `to`", code="BAD_DATE_RANGE")
+
+
+async def resolve_asset_ids(
+    conn: AsyncConnection, *, cache: PriceCache | None, symbols: Collection[str]
+) -> list[int]:
+    """The ids of the assets with these symbols, sorted: case-insensitive, and a symbol that
+    several assets share ("UNI") names all of them.
+
+    Symbols the cache knows cost no SQL; the others (or all, while the cache is not ready) one
+    small SELECT. An unknown symbol is never taken as "no such asset" from the cache alone: the
+    cache learns an asset from its first price's event, published after the commit, so a price
+    committed a moment ago may belong to an asset the cache has not heard of yet.
+    """
+    wanted = {symbol.upper() for symbol in symbols}
+    known = cache.asset_ids(wanted) if cache is not None else None
+    ids: set[int] = set()
+    for found in (known or {}).values():
+        ids |= found
+    missing = sorted(wanted - (known or {}).keys())
+    if missing:
+        query = select(assets.c.id).where(func.upper(assets.c.symbol).in_(missing))
+        ids.update((await conn.scalars(query)).all())
+    return sorted(ids)
+
+
+def _selected(columns: Collection[str], *, numbers_as_text: bool) -> list[ColumnElement[Any]]:
+    unknown = sorted(set(columns) - COLUMNS.keys())
+    if unknown:
+        raise ValueError(f"no price column(s) {', '.join(unknown)}; known: {', '.join(COLUMNS)}")
+    names = [*KEY_COLUMNS, *sorted(set(columns) - set(KEY_COLUMNS))]
+    selected: list[ColumnElement[Any]] = []
+    for name in names:
+        column = COLUMNS[name]
+        if numbers_as_text and isinstance(column.type, ExactDecimal):
+            # PostgreSQL's text of a NUMERIC is its plain notation, what the API writes: the
+            # compiled path sends it on as it is, without building a Decimal per value.
+            column = cast(column, Text)
+        selected.append(column.label(name))
+    return selected
+
+
+def _matches_nothing(asset_ids: Sequence[int] | None, sources: Sequence[str] | None) -> bool:
+    """An empty list of assets (no asset has the symbols) or of sources."""
+    return (asset_ids is not None and not asset_ids) or (sources is not None and not sources)
+
+
+def _one_of(column: ColumnElement[Any], values: Collection[Any]) -> ColumnElement[bool]:
+    chosen = sorted(set(values))
+    return column == chosen[0] if len(chosen) == 1 else column.in_(chosen)
+
+
+def _window(from_: datetime | None, to: datetime | None) -> list[ColumnElement[bool]]:
+    """[from_, to) as literals in the SQL, not parameters: asyncpg prepares a statement once per
+    connection and PostgreSQL may then plan it once for all values, blind to how wide the
+    window is, where by id a narrow window is best read by time and sorted, a wide one not."""
+    conditions = []
+    if from_ is not None:
+        conditions.append(prices.c.observed_at >= _inline(from_))
+    if to is not None:
+        conditions.append(prices.c.observed_at < _inline(to))
+    return conditions
+
+
+def _inline(at: datetime) -> BindParameter[datetime]:
+    return bindparam(None, at, type_=prices.c.observed_at.type, literal_execute=True)
+
+
+def _filters(
+    *,
+    asset_ids: Collection[int] | None,
+    sources: Collection[str] | None,
+    from_: datetime | None,
+    to: datetime | None,
+) -> list[ColumnElement[bool]]:
+    """Conditions of prices of these assets from these sources (None: any) in [from_, to)."""
+    conditions = _window(from_, to)
+    if asset_ids is not None:
+        conditions.append(_one_of(prices.c.asset_id, asset_ids))
+    if sources is not None:
+        conditions.append(_one_of(prices.c.source, sources))
+    return conditions
+
+
+def _branch(
+    selected: Select[Any],
+    *,
+    asset_id: int | None,
+    source: str | None,
+    from_: datetime | None,
+    to: datetime | None,
+    by_id: bool,
+) -> Part:
+    """The prices of one asset and/or one source, read from an index led by the asset when
+    given, else by the source: by time (asset_id, observed_at, id), with the source the unique
+    (asset_id, source, observed_at), or (source, observed_at, id); by id (asset_id, id) or
+    (source, id)."""
+    conditions = _window(from_, to)
+    fixed: list[ColumnElement[Any]] = []
+    if asset_id is not None and not conditions:
+        conditions.append(pinned(prices.c.asset_id, literal(asset_id, prices.c.asset_id.type)))
+        fixed.append(prices.c.asset_id)
+    elif asset_id is not None:
+        # Within a window, a plain equality: pinned, the asset would leave the unique index
+        # (asset_id, source, observed_at) looking "sorted by asset" and the planner, which
+        # takes the asset for one of many values there, would read the window and sort it.
+        conditions.append(prices.c.asset_id == asset_id)
+    if source is None:
+        return Part(selected.where(*conditions), fixed)
+    if asset_id is None:
+        fixed.append(prices.c.source)
+    if asset_id is None or by_id:
+        # By id with an asset: no index has (asset_id, source, id), so (asset_id, id) is read
+        # and the asset's other sources dropped. Pinned, the source cannot make the unique
+        # index's (asset_id, source, observed_at) ordered either, from which the planner would
+        # otherwise read all the pair's rows and sort them.
+        conditions.append(pinned(prices.c.source, literal(source, prices.c.source.type)))
+    else:
+        conditions.append(prices.c.source == source)
+    return Part(selected.where(*conditions), fixed)
+
+
+def price_scope(
+    *,
+    asset_ids: Sequence[int] | None,
+    sources: Sequence[str] | None,
+    from_: datetime | None,
+    to: datetime | None,
+    order_by: PriceOrder,
+    columns: Collection[str],
+    numbers_as_text: bool = False,
+) -> tuple[Select[Any], list[Part]]:
+    """(every matching price's id, as one select; the same prices selecting `columns`, as
+    parts of one asset and/or one source each, to be read in `order_by`). `sources` are
+    lower-case names."""
+    if _matches_nothing(asset_ids, sources):
+        raise ValueError("no asset or no source: the page is empty, there is nothing to select")
+    whole = _filters(asset_ids=asset_ids, sources=sources, from_=from_, to=to)
+    selected = select(*_selected(columns, numbers_as_text=numbers_as_text)).select_from(prices)
+    ids: list[int | None] = [None] if asset_ids is None else [*sorted(set(asset_ids))]
+    names: list[str | None] = [None] if sources is None else [*sorted(set(sources))]
+    branches = list(product(ids, names))
+    by_id = len(KEYSETS[order_by].columns) == 1
+    if len(branches) > MAX_BRANCHES:
+        parts = [Part(selected.where(*whole))]
+    else:
+        parts = [
+            _branch(selected, asset_id=a, source=s, from_=from_, to=to, by_id=by_id)
+            for a, s in branches
+        ]
+    return select(prices.c.id).where(*whole), parts
+
+
+def price_count(
+    *,
+    asset_ids: Sequence[int] | None,
+    sources: Sequence[str] | None,
+    from_: datetime | None,
+    to: datetime | None,
+) -> Select[Any] | None:
+    """How many prices match (totalCount); None when nothing can (the count is 0)."""
+    if _matches_nothing(asset_ids, sources):
+        return None
+    conditions = _filters(asset_ids=asset_ids, sources=sources, from_=from_, to=to)
+    return select(func.count()).select_from(prices).where(*conditions)
+
+
+def price_page_statement(
+    *,
+    asset_ids: Sequence[int] | None,
+    sources: Sequence[str] | None,
+    from_: datetime | None,
+    to: datetime | None,
+    page: PageArgs,
+    order_by: PriceOrder,
+    columns: Collection[str],
+    numbers_as_text: bool = False,
+) -> Select[Any]:
+    """The statement `price_page` reads its rows with (for EXPLAIN and tests); with
+    `numbers_as_text`, NUMERIC columns as PostgreSQL's text of them."""
+    query, parts = price_scope(
+        asset_ids=asset_ids,
+        sources=sources,
+        from_=from_,
+        to=to,
+        order_by=order_by,
+        columns=columns,
+        numbers_as_text=numbers_as_text,
+    )
+    return page_statement(query, KEYSETS[order_by], page, parts=parts)
+
+
+def _time_key(row: Any) -> tuple[Any, ...]:
+    return (row.observed_at, row.id)
+
+
+def _id_key(row: Any) -> tuple[Any, ...]:
+    return (row.id,)
+
+
+def key_of(order_by: PriceOrder) -> Callable[[Any], tuple[Any, ...]]:
+    """A page row's key in `order_by` (what its edge cursor encodes)."""
+    return _time_key if len(KEYSETS[order_by].columns) == 2 else _id_key
+
+
+async def price_page(
+    conn: AsyncConnection,
+    *,
+    asset_ids: Sequence[int] | None,
+    sources: Sequence[str] | None,
+    from_: datetime | None,
+    to: datetime | None,
+    page: PageArgs,
+    order_by: PriceOrder,
+    columns: Collection[str],
+    need_has_next: bool,
+    need_has_previous: bool,
+) -> Page:
+    """One page of prices: rows named like `prices` columns (and "symbol"), in page order.
+
+    `asset_ids` None means every asset, an empty list none (an empty page, no SQL; the same
+    for `sources`). Checked here: `sources` (UnknownSource), `from_` < `to` (`to` exclusive)
+    and the cursors. `columns` adds to the keys, always read. One statement reads the rows; a
+    pageInfo flag on a cursor's far side costs one EXISTS, computed only when `need_*` says so.
+    """
+    names = validate_sources(sources)
+    check_window(from_, to)
+    keyset = KEYSETS[order_by]
+    if _matches_nothing(asset_ids, names):
+        for cursor in (page.after, page.before):
+            if cursor:
+                keyset.decode(cursor)  # a bad cursor is an error whatever the filter
+        return Page(
+            [],
+            PageInfo(
+                has_next_page=False, has_previous_page=False, start_cursor=None, end_cursor=None
+            ),
+        )
+    query, parts = price_scope(
+        asset_ids=asset_ids, sources=names, from_=from_, to=to, order_by=order_by, columns=columns
+    )
+    return await fetch_page(
+        conn,
+        query,
+        keyset,
+        page,
+        key_of(order_by),
+        parts=parts,
+        need_has_next=need_has_next,
+        need_has_previous=need_has_previous,
+    )
