@@ -100,8 +100,22 @@ def encode_cursor(kind: str, key: Sequence[Any]) -> str:
             parts.append('"' + value + '"')
         else:
             parts.append(json.dumps(value))
-    raw = ("[" + ",".join(parts) + "]").encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return _base64url("[" + ",".join(parts) + "]")
+
+
+def time_id_cursor(kind: str, iso_time: str, key_id: int) -> str:
+    """`encode_cursor(kind, (time, key_id))` for a time whose isoformat() is `iso_time` (a
+    caller that already has it: the compiled path writes it in the node too)."""
+    return _base64url("[" + _json_string(kind) + ',"' + iso_time + '",' + str(key_id) + "]")
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _base64url(text: str) -> str:
+    """base64url of the text's UTF-8, without padding."""
+    encoded = binascii.b2a_base64(text.encode(), newline=False)
+    return encoded.translate(_URLSAFE).rstrip(b"=").decode()
 
 
 def _plain(text: str) -> bool:

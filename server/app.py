@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -81,6 +82,10 @@ class GraphQLApp(GraphQL[Context, None]):
             price_cache=state.price_cache,
             live=getattr(state, "live", None),
         )
+
+    def encode_json(self, data: object) -> bytes:
+        """Response bodies with orjson, as the compiled path writes them (server/compiled.py)."""
+        return orjson.dumps(data)
 
     # GraphiQL's page, from the app's own assets when installed (server/web/graphiql.py).
     ide_html: str | None = None

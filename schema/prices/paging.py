@@ -17,8 +17,8 @@ from sqlalchemy.engine import Dialect
 
 from schema.compiled.render import Rendering
 from schema.compiled.sql import Prepared, Unpreparable
-from schema.compiled.values import PageValue, near_page
-from schema.pagination import PageArgs, encode_cursor
+from schema.compiled.values import PageValue, isoformat, near_page
+from schema.pagination import PageArgs, encode_cursor, time_id_cursor
 from schema.prices.page import (
     KEY_COLUMNS,
     KEYSETS,
@@ -109,7 +109,7 @@ def _id_key(row: Any) -> tuple[Any, ...]:
 
 def _time_cursor(kind: str) -> Any:
     def cursor(observed_at: datetime, price_id: int) -> str:
-        return encode_cursor(kind, (observed_at, price_id))
+        return time_id_cursor(kind, isoformat(observed_at), price_id)
 
     return cursor
 
