@@ -59,21 +59,21 @@ PRICE = Shape(
     row=True,
 )
 
-PRICE_EDGE = Shape(
-    "PriceEdge",
-    {"cursor": Leaf("ec({observed_at}, {id})"), "node": Child("Price")},
-    row=True,
-)
 
-PRICE_CONNECTION = Shape(
-    "PriceConnection",
-    {
-        "edges": Child("PriceEdge", "{v}.rows", many=True),
-        "nodes": Child("Price", "{v}.rows", many=True),
+def connection(node: str, cursor: str) -> tuple[Shape, Shape]:
+    """The edge and connection shapes of a Relay connection of `node` rows, rendered from a
+    PageValue; `cursor` is an edge's cursor, from the row (`ec`: PageValue.edge_cursor)."""
+    edge = Shape(f"{node}Edge", {"cursor": Leaf(cursor), "node": Child(node)}, row=True)
+    fields: dict[str, Leaf | Child] = {
+        "edges": Child(edge.name, "{v}.rows", many=True),
+        "nodes": Child(node, "{v}.rows", many=True),
         "pageInfo": Child("PageInfo", "{v}.page_info"),
         "totalCount": Leaf("{v}.total_count"),
-    },
-)
+    }
+    return edge, Shape(f"{node}Connection", fields)
+
+
+PRICE_EDGE, PRICE_CONNECTION = connection("Price", "ec({observed_at}, {id})")
 
 CANDLE = Shape(
     "Candle",
@@ -101,21 +101,7 @@ ASSET = Shape(
     row=True,
 )
 
-ASSET_EDGE = Shape(
-    "AssetEdge",
-    {"cursor": Leaf("ec({symbol}, {id})"), "node": Child("Asset")},
-    row=True,
-)
-
-ASSET_CONNECTION = Shape(
-    "AssetConnection",
-    {
-        "edges": Child("AssetEdge", "{v}.rows", many=True),
-        "nodes": Child("Asset", "{v}.rows", many=True),
-        "pageInfo": Child("PageInfo", "{v}.page_info"),
-        "totalCount": Leaf("{v}.total_count"),
-    },
-)
+ASSET_EDGE, ASSET_CONNECTION = connection("Asset", "ec({symbol}, {id})")
 
 SHAPES = {
     shape.name: shape
