@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from schema.compiled.plan import Compiler
 from schema.metrics import record_operation
-from server.limits import replay_body
+from server.limits import read_body, replay_body
 from server.metrics import Metrics
 from server.requestid import current_request_id
 
@@ -46,9 +46,8 @@ class CompiledGraphQL:
         if any(kind in accept for kind in _STREAMING):
             await self.graphql(scope, receive, send)
             return
-        body = b""
         if method == "POST":
-            body = await _read_body(receive)
+            body = await read_body(receive)
             receive = replay_body(body, receive)
             request = _from_body(body, headers.get("content-type", ""))
         else:
@@ -131,15 +130,3 @@ def _request_of(data: dict[str, Any]) -> Parsed | None:
     if not isinstance(name, str | None):
         return None
     return query, variables, name
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)

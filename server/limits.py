@@ -123,6 +123,19 @@ class QuerySizeMiddleware:
         await response(scope, receive, send)
 
 
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (QuerySizeMiddleware, in front, has bounded it)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client is gone: the app sees what came
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
 def replay_body(body: bytes, receive: Receive) -> Receive:
     """A `receive` that gives the already read body once, then defers to the real one."""
     sent = False

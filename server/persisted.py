@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from schema.documents import DocumentCache
-from server.limits import GRAPHQL_PATH, error_response, replay_body
+from server.limits import GRAPHQL_PATH, error_response, read_body, replay_body
 from server.lru import LRU
 from server.settings import Settings
 
@@ -184,7 +184,7 @@ class PersistedQueryMiddleware:
         if "json" not in Headers(scope=scope).get("content-type", ""):
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
         request = _json(body) if _MARKER in body else None
         if not isinstance(request, dict):
             await self.app(scope, replay_body(body, receive), send)
@@ -246,16 +246,3 @@ def _json(text: str | bytes) -> Any:
         return json.loads(text)
     except ValueError:
         return None
-
-
-async def _read_body(receive: Receive) -> bytes:
-    """The whole request body (QuerySizeMiddleware, in front, has bounded it)."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break  # the client is gone: the app sees what came
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)

@@ -14,7 +14,6 @@ whichever path met it first.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +27,10 @@ from graphql import (
     GraphQLSchema,
     OperationDefinitionNode,
     OperationType,
-    VariableNode,
     get_argument_values,
     get_operation_ast,
     get_variable_values,
-    visit,
 )
-from graphql.language import Visitor
 from strawberry.types.arguments import StrawberryArgument, convert_arguments
 
 from schema.compiled.collect import Unsupported, collect, directive_variables
@@ -82,8 +78,6 @@ class _Root:
     definition: GraphQLField | None = None
     arguments: list[StrawberryArgument] = field(default_factory=list)
     rendering: Rendering | None = None
-    fixed_kwargs: dict[str, Any] | None = None
-    reads_variables: bool = True
 
 
 class Compiler:
@@ -93,21 +87,16 @@ class Compiler:
         self.strawberry = schema
         self.schema: GraphQLSchema = schema._schema
         self.catalog = catalog
-        self._cache_size = cache_size
-        self._plans: OrderedDict[tuple[str, str | None], OperationPlan | None] = OrderedDict()
+        # A plan, or None (the executor's): kept in a tuple so that a miss is told from None.
+        self._plans: LRU[tuple[str, str | None], tuple[OperationPlan | None]] = LRU(cache_size)
 
     def plan(self, query: str, operation_name: str | None) -> OperationPlan | None:
         key = (query, operation_name)
-        try:
-            plan = self._plans[key]
-        except KeyError:
-            plan = self._compile(query, operation_name)
-            self._plans[key] = plan
-            if len(self._plans) > self._cache_size:
-                self._plans.popitem(last=False)
-            return plan
-        self._plans.move_to_end(key)
-        return plan
+        cached = self._plans.get(key)
+        if cached is None:
+            cached = (self._compile(query, operation_name),)
+            self._plans.put(key, cached)
+        return cached[0]
 
     def _compile(self, query: str, operation_name: str | None) -> OperationPlan | None:
         # Parsed and validated once per text, under the executor's own rules and limits.
@@ -192,21 +181,16 @@ class OperationPlan:
     def _kwargs(self, root: _Root, coerced: Any) -> dict[str, Any]:
         if root.spec is None:
             return {}
-        if root.fixed_kwargs is not None:
-            return root.fixed_kwargs
         assert root.definition is not None
         assert root.node is not None
         raw = get_argument_values(root.definition, root.node, coerced)
         strawberry = self.compiler.strawberry
-        kwargs = convert_arguments(
+        return convert_arguments(
             raw,
             root.arguments,
             scalar_registry=strawberry.schema_converter.scalar_registry,
             config=strawberry.config,
         )
-        if not root.reads_variables:
-            root.fixed_kwargs = kwargs
-        return kwargs
 
     def _variant(self, variables: Mapping[str, Any]) -> list[_Root] | None:
         key = tuple(variables.get(name) for name in self._conditions)
@@ -264,20 +248,6 @@ class OperationPlan:
                     definition,
                     list(strawberry_field.arguments),
                     rendering,
-                    reads_variables=_reads_variables(nodes[0]),
                 )
             )
         return roots
-
-
-def _reads_variables(node: FieldNode) -> bool:
-    found = False
-
-    class Finder(Visitor):
-        def enter_variable(self, variable: VariableNode, *_: Any) -> None:
-            nonlocal found
-            found = True
-
-    for argument in node.arguments or ():
-        visit(argument, Finder())
-    return found

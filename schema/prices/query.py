@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import strawberry
-from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.types import Info
 from strawberry.types.nodes import SelectedField, Selection
 
 from schema.context import Context
 from schema.pagination import Page, PageArgs
-from schema.prices.latest import ROW_COLUMNS
 from schema.prices.page import (
     KEYSETS,
     check_window,
@@ -34,9 +31,8 @@ from schema.prices.types import (
     PriceOrder,
 )
 from server.db import read
-from server.tables import assets, prices
 
-__all__ = ["KEYSETS", "PRICE_COLUMNS", "PricesQuery", "filtered", "validate_sources"]
+__all__ = ["KEYSETS", "PricesQuery", "validate_sources"]
 
 
 def _fields(selections: Iterable[Selection]) -> Iterator[SelectedField]:
@@ -132,29 +128,3 @@ class PricesQuery:
             asset_ids=asset_ids, sources=sources, from_=where.from_, to=where.to
         )
         return PriceConnection(edges=edges, page_info=result.page_info, count_query=count_query)
-
-
-# Kept for schema/prices/paging.py until it calls `price_page` (the page as one statement).
-PRICE_COLUMNS = ROW_COLUMNS
-
-
-def filtered(where: PriceFilter | None, base: Select[Any]) -> Select[Any]:
-    """`base` restricted by the filter (symbols through a subquery on assets)."""
-    if where is None:
-        return base
-    if where.symbols is not None:
-        symbols = [symbol.upper() for symbol in where.symbols]
-        base = base.where(
-            prices.c.asset_id.in_(
-                select(assets.c.id).where(func.upper(assets.c.symbol).in_(symbols))
-            )
-        )
-    sources = validate_sources(where.sources)
-    if sources is not None:
-        base = base.where(prices.c.source.in_(sources))
-    check_window(where.from_, where.to)
-    if where.from_ is not None:
-        base = base.where(prices.c.observed_at >= where.from_)
-    if where.to is not None:
-        base = base.where(prices.c.observed_at < where.to)
-    return base
