@@ -92,14 +92,34 @@ def ingest(
         str | None, typer.Option("--file", help="csv: ingest this file instead of the globs")
     ] = None,
     asset: Annotated[
-        str | None, typer.Option(help="coingecko-history: the CoinGecko coin id, e.g. bitcoin")
+        str | None,
+        typer.Option(
+            help="coingecko-history: the CoinGecko coin id, e.g. bitcoin. csv (with --file): the "
+            "slug of the existing asset the file's rows are (pinned)"
+        ),
     ] = None,
     days: Annotated[int | None, typer.Option(help="coingecko-history: days back from now")] = None,
     symbol: Annotated[
-        str | None, typer.Option(help="coingecko-history: the coin's symbol, for a new asset")
+        str | None,
+        typer.Option(
+            help="coingecko-history: the coin's symbol, for a new asset. csv (with --file, not "
+            "with --asset): the symbol of the file's coin, resolved like any coin"
+        ),
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="coingecko-history: the coin's name, for a new asset")
+        str | None,
+        typer.Option(
+            help="coingecko-history: the coin's name, for a new asset. csv (with --file, not "
+            "with --asset): the name of the file's coin"
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="csv: the provider or dataset the file comes from, a lowercase slug (yahoo, "
+            "kaggle, my-export); its rows are stored under the source csv:<dataset>. Default: "
+            "detected from the file's layout, else named from the file's name"
+        ),
     ] = None,
 ) -> None:
     """One ingestion run now, with progress. Exit code: 0 succeeded, 1 failed, 3 partial
@@ -114,7 +134,15 @@ def ingest(
             fg=typer.colors.RED,
         )
         raise typer.Exit(2)
-    given = {"asset": asset, "days": days, "symbol": symbol, "name": name}
+    if dataset is not None:
+        from server.source_names import BadDatasetName, check_dataset
+
+        try:
+            check_dataset(dataset)
+        except BadDatasetName as exc:
+            typer.secho(f"kasparro: --dataset: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+    given = {"asset": asset, "days": days, "symbol": symbol, "name": name, "dataset": dataset}
     options = {key: value for key, value in given.items() if value is not None}
     status = asyncio.run(_ingest(settings, source, file, options))
     raise typer.Exit(EXIT_FOR_STATUS.get(status, 1))
@@ -124,10 +152,27 @@ def ingest(
 def runs(
     source: Annotated[str | None, typer.Option(help="Only this source")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many runs")] = 20,
+    show: Annotated[
+        int | None,
+        typer.Option(
+            "--show",
+            min=1,
+            metavar="RUN",
+            help="Show one run in full: counts, checkpoints, error and its quarantined rows",
+        ),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option(min=0, max=20, help="--show: rows to print of each kind of reason")
+    ] = 3,
 ) -> None:
-    """Recent ingestion runs as a table, newest first."""
+    """Recent ingestion runs as a table, newest first; or one run in full (--show RUN), with
+    what it quarantined by kind of reason. Exit code 1 when there is no such run."""
     settings = load_settings()
-    asyncio.run(_show_runs(settings, source, limit))
+    if show is None:
+        asyncio.run(_show_runs(settings, source, limit))
+    elif not asyncio.run(_show_run(settings, show, examples)):
+        typer.secho(f"kasparro: no run {show}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
 
 
 assets_cli = typer.Typer(help="Curate identity: pin a source's coin to an asset, or split it off.")
@@ -224,12 +269,31 @@ async def _migrate(settings: Settings, revision: str = "head") -> None:
         await engine.dispose()
 
 
+async def _require_asset(engine: Any, slug: str) -> None:
+    """`ingest csv --asset SLUG` names an existing asset: an unknown slug ends the command (2)."""
+    from sqlalchemy import select
+
+    from server.tables import assets
+
+    async with engine.connect() as conn:
+        found = await conn.scalar(select(assets.c.id).where(assets.c.slug == slug.lower()))
+    if found is None:
+        typer.secho(
+            f"kasparro: --asset: no asset with slug {slug!r}; ingest its coin first or name it "
+            "with --symbol/--name",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(2)
+
+
 async def _ingest(
     settings: Settings, source: str, path: str | None, options: dict[str, Any]
 ) -> str:
     from rich.console import Console
 
-    from server.console import ingest_progress, runs_table
+    from schema.quality.quarantine import run_reasons
+    from server.console import ingest_progress, quarantine_summary, runs_table
     from server.db import create_engine
     from workers.pipeline.runner import run_source
     from workers.pipeline.runs import run_row
@@ -243,6 +307,8 @@ async def _ingest(
             from server.migrate import upgrade
 
             await upgrade(engine, settings)
+        if source == "csv" and options.get("asset"):
+            await _require_asset(engine, str(options["asset"]))
         async with open_runtime(settings, engine=engine) as runtime:
             with ingest_progress(console, source) as progress:
                 try:
@@ -260,7 +326,10 @@ async def _ingest(
             if result.run_id is not None:
                 async with engine.connect() as conn:
                     row = await run_row(conn, result.run_id)
+                    reasons = await run_reasons(conn, result.run_id, examples=1)
                 Console().print(runs_table([row], title=f"Run {result.run_id}"))
+                if reasons:
+                    Console().print(quarantine_summary(reasons, run_id=result.run_id))
             else:
                 console.print(f"{result.source}: skipped, another run is in progress")
     finally:
@@ -278,6 +347,7 @@ async def _show_runs(settings: Settings, source: str | None, limit: int) -> None
 
     engine = create_engine(settings)
     try:
+        await _usable(engine, settings)
         query = select(etl_runs).order_by(etl_runs.c.id.desc()).limit(limit)
         if source:
             query = query.where(etl_runs.c.source == source)
@@ -286,6 +356,41 @@ async def _show_runs(settings: Settings, source: str | None, limit: int) -> None
     finally:
         await engine.dispose()
     Console().print(runs_table([dict(row) for row in rows]))
+
+
+async def _usable(engine: Any, settings: Settings) -> None:
+    """The embedded default's file is made usable on first use, as `kasparro ingest` does, so
+    listing the runs of a new installation lists none instead of failing."""
+    if settings.is_sqlite:
+        from server.migrate import upgrade
+
+        await upgrade(engine, settings)
+
+
+async def _show_run(settings: Settings, run_id: int, examples: int) -> bool:
+    """Print one run in full; False when there is no such run."""
+    from rich.console import Console
+    from sqlalchemy import select
+
+    from schema.quality.quarantine import run_reasons
+    from server.console import run_details
+    from server.db import create_engine
+    from server.tables import etl_runs
+
+    engine = create_engine(settings)
+    try:
+        await _usable(engine, settings)
+        async with engine.connect() as conn:
+            query = select(etl_runs).where(etl_runs.c.id == run_id)
+            row = (await conn.execute(query)).mappings().first()
+            reasons = await run_reasons(conn, run_id, examples=examples) if row else []
+    finally:
+        await engine.dispose()
+    if row is None:
+        return False
+    url = f"http://{settings.host}:{settings.port}/graphql"
+    Console().print(run_details(dict(row), reasons, examples=examples, graphql_url=url))
+    return True
 
 
 def uvicorn_config(app: Any, *, host: str, port: int, graceful_seconds: int = 3) -> uvicorn.Config:

@@ -1,24 +1,28 @@
-"""Terminal output of the operator commands: the ingestion progress bar and run tables."""
+"""Terminal output of the operator commands: the ingestion progress bar, run tables, one run in
+full, and what a run quarantined."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from rich import box
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from schema.quality.quarantine import ReasonGroup
 from workers.pipeline.load import BatchOutcome
 
 STATUS_STYLE = {"succeeded": "green", "partial": "yellow", "failed": "red", "running": "cyan"}
 COUNTS = ("fetched", "inserted", "updated", "skipped", "quarantined")
 FIELDS = ("run", "source", "trigger", "status", "started", "duration", *COUNTS, "error")
 ERROR_MIN_WIDTH = 20  # the error column wraps; the table needs at least this much for it
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 @contextmanager
@@ -100,7 +104,7 @@ def _cells(row: Mapping[str, Any]) -> dict[str, Text]:
         "run": str(row["id"]),
         "source": str(row["source"]),
         "trigger": str(row["trigger"]),
-        "started": started.strftime("%Y-%m-%d %H:%M:%S"),
+        "started": started.strftime(TIME_FORMAT),
         "duration": f"{(finished - started).total_seconds():.1f}s" if finished else "-",
         **{name: f"{int(row[name]):,}" for name in COUNTS},
         "error": str(row["error"] or ""),
@@ -108,3 +112,87 @@ def _cells(row: Mapping[str, Any]) -> dict[str, Text]:
     cells = {name: Text(value) for name, value in values.items()}
     cells["status"] = Text(status, style=STATUS_STYLE.get(status, "white"))
     return cells
+
+
+def quarantine_summary(groups: Sequence[ReasonGroup], *, run_id: int, top: int = 5) -> Group:
+    """The most frequent kinds of quarantine reason of a run (one example each) and the command
+    that shows them all: the end of `kasparro ingest`'s summary."""
+    total = sum(group.count for group in groups)
+    grid = _grid()
+    for group in groups[:top]:
+        example = group.examples[0] if group.examples else None
+        shown = Text("e.g. ") + _example(example) if example is not None else Text("")
+        grid.add_row(Text(group.kind), Text(f"{group.count:,}"), shown)
+    parts: list[RenderableType] = [
+        Text(),
+        Text(f"Quarantined {total:,} row{'s' if total != 1 else ''}, by kind of reason:"),
+        grid,
+    ]
+    rest = groups[top:]
+    if rest:
+        rows = sum(group.count for group in rest)
+        parts.append(Text(f"and {len(rest)} more kind(s), {rows:,} row(s)."))
+    parts.append(Text(f"Every row, with its reason and origin: kasparro runs --show {run_id}"))
+    return Group(*parts)
+
+
+def run_details(
+    row: Mapping[str, Any], groups: Sequence[ReasonGroup], *, examples: int, graphql_url: str
+) -> Group:
+    """One run in full (`kasparro runs --show RUN`): what it did, where it left each stream,
+    its error, and what it quarantined by kind with up to `examples` rows of each."""
+    cells = _cells(row)
+    finished = row["finished_at"]
+    card = Table.grid(padding=(0, 2))
+    card.add_column(style="bold", no_wrap=True)
+    card.add_column(overflow="fold")
+    for name in FIELDS:
+        card.add_row(name, cells[name])
+        if name == "started":
+            card.add_row("finished", Text(finished.strftime(TIME_FORMAT) if finished else "-"))
+    for name in ("checkpoint_before", "checkpoint_after", "details"):
+        if row.get(name) is not None:
+            card.add_row(name.replace("_", " "), Text(_json(row[name])))
+    parts: list[RenderableType] = [Text(f"Run {row['id']}", style="italic"), card, Text()]
+    if not groups:
+        parts.append(Text("No rows quarantined."))
+        return Group(*parts)
+    total = sum(group.count for group in groups)
+    parts.append(Text(f"Quarantined {total:,} row{'s' if total != 1 else ''}, by kind of reason:"))
+    table = _grid()
+    for group in groups:
+        shown = group.examples[:examples]
+        lines = [_example(example) for example in shown]
+        if group.count > len(shown):
+            lines.append(Text(f"… {group.count - len(shown):,} more", style="dim"))
+        table.add_row(Text(group.kind), Text(f"{group.count:,}"), lines[0])
+        for line in lines[1:]:
+            table.add_row(Text(""), Text(""), line)
+    parts += [table, Text()]
+    query = (
+        f'{{ quarantine(runId: "{row["id"]}", first: 100) '
+        "{ nodes { origin reason kind record } pageInfo { hasNextPage endCursor } } }"
+    )
+    parts.append(
+        Text(f"Every row, with the item as received, from the GraphQL API ({graphql_url}):")
+    )
+    parts.append(Text(query))
+    return Group(*parts)
+
+
+def _grid() -> Table:
+    """kind, count, example: left-aligned columns (a reason wraps; the rest does not)."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column(justify="right", no_wrap=True)
+    grid.add_column(overflow="fold")
+    return grid
+
+
+def _example(row: Any) -> Text:
+    """A quarantined row as `origin  reason` (plain Text: a reason may hold brackets)."""
+    return Text.assemble((str(row.origin), "cyan"), "  ", str(row.reason))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)

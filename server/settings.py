@@ -180,6 +180,9 @@ class Settings(BaseSettings):
     anomaly_divergence: float = Field(3.0, gt=1, validation_alias="KASPARRO_ANOMALY_DIVERGENCE")
     # Seconds either side of a price within which other sources' observations are compared.
     anomaly_window: float = Field(3600, gt=0, validation_alias="KASPARRO_ANOMALY_WINDOW")
+    # Asset.spread compares the sources' newest prices observed within this many seconds of
+    # the newest of them; an older one is stale, left out.
+    spread_window: int = Field(3600, ge=1, validation_alias="KASPARRO_SPREAD_WINDOW")
 
     # ---- validation: each error names the variable and the value ----
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
     text,
 )
 
+from server.source_names import MAX_SOURCE_LENGTH
 from server.sqltypes import ExactDecimal, JSONDocument, UTCDateTime
 
 # Stable constraint names: alembic can diff them and SQLite batch migrations can drop them.
@@ -83,25 +84,30 @@ asset_aliases = Table(
     "asset_aliases",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("source", String(32), nullable=False),
+    Column("source", String(MAX_SOURCE_LENGTH), nullable=False),
     Column("source_asset_id", String(200), nullable=False),
     Column("asset_id", Integer, ForeignKey("assets.id", ondelete="CASCADE"), nullable=False),
     Column("symbol", String(64)),
     Column("name", String(200)),
-    # How the alias was resolved: exact, created, ambiguous (reported, own asset) or pinned.
-    Column("resolution", String(16), nullable=False, server_default="created"),
+    # How the alias was matched (workers.pipeline.identity.RESOLUTIONS): exact, source-id, name,
+    # fuzzy-name, market-agreement, symbol-inferred, created, ambiguous, given or pinned.
+    Column("resolution", String(32), nullable=False, server_default="created"),
     # A curated override: later runs never re-resolve a pinned alias.
     Column("pinned", Boolean, nullable=False, server_default=false()),
+    # How sure the match is (0..1), and what it rested on (short JSON text).
+    Column("confidence", Float, nullable=False, server_default="1.0"),
+    Column("evidence", String(500)),
     _created(),
     UniqueConstraint("source", "source_asset_id"),
     Index(None, "asset_id"),
+    Index(None, "symbol"),
 )
 
 etl_runs = Table(
     "etl_runs",
     metadata,
     Column("id", BigId, primary_key=True),
-    Column("source", String(32), nullable=False),
+    Column("source", String(MAX_SOURCE_LENGTH), nullable=False),
     Column("trigger", String(32), nullable=False),
     Column("status", String(16), nullable=False, server_default="running"),
     _stamped("started_at"),
@@ -128,7 +134,7 @@ raw_records = Table(
     metadata,
     Column("id", BigId, primary_key=True),
     _run_fk(),
-    Column("source", String(32), nullable=False),
+    Column("source", String(MAX_SOURCE_LENGTH), nullable=False),
     Column("origin", String(500), nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("payload", JSONDocument, nullable=False),
@@ -142,7 +148,7 @@ prices = Table(
     metadata,
     Column("id", BigId, primary_key=True),
     Column("asset_id", Integer, ForeignKey("assets.id", ondelete="CASCADE"), nullable=False),
-    Column("source", String(32), nullable=False),
+    Column("source", String(MAX_SOURCE_LENGTH), nullable=False),
     Column("observed_at", UTCDateTime(), nullable=False),
     Column("price_usd", ExactDecimal(), nullable=False),
     Column("market_cap_usd", ExactDecimal()),
@@ -186,7 +192,7 @@ checkpoints = Table(
     "checkpoints",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("source", String(32), nullable=False),
+    Column("source", String(MAX_SOURCE_LENGTH), nullable=False),
     # "" for API sources; the file identity for CSV; "history:<asset>" for backfills.
     Column("stream", String(500), nullable=False, server_default=text("''")),
     Column("state", JSONDocument, nullable=False),
@@ -200,13 +206,14 @@ quarantine = Table(
     metadata,
     Column("id", BigId, primary_key=True),
     _run_fk(),
-    Column("source", String(32), nullable=False),
+    Column("source", String(MAX_SOURCE_LENGTH), nullable=False),
     Column("raw_record_id", BigId, ForeignKey("raw_records.id", ondelete="SET NULL")),
     Column("origin", String(500), nullable=False),
     Column("reason", Text, nullable=False),
     Column("payload", JSONDocument, nullable=False),
     _created(),
     Index(None, "source", "created_at"),
+    Index(None, "created_at", "id"),  # the `quarantine` query's order, unfiltered
     Index(None, "run_id"),
 )
 
@@ -215,7 +222,7 @@ drift_events = Table(
     metadata,
     Column("id", BigId, primary_key=True),
     _run_fk(),
-    Column("source", String(32), nullable=False),
+    Column("source", String(MAX_SOURCE_LENGTH), nullable=False),
     Column("kind", String(16), nullable=False),  # missing, new, renamed, retyped
     Column("field", String(200), nullable=False),
     Column("matched_field", String(200)),
@@ -233,7 +240,7 @@ anomalies = Table(
     Column("id", BigId, primary_key=True),
     Column("kind", String(32), nullable=False),  # run_fetched, price_jump, price_divergence, ...
     _run_fk(),
-    Column("source", String(32), nullable=False),
+    Column("source", String(MAX_SOURCE_LENGTH), nullable=False),
     Column("asset_id", Integer, ForeignKey("assets.id", ondelete="CASCADE")),
     Column("price_id", BigId, ForeignKey("prices.id", ondelete="CASCADE")),
     Column("observed_at", UTCDateTime()),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import strawberry
@@ -15,7 +17,7 @@ from schema.context import Context
 from schema.errors import UserError
 from schema.pagination import Keyset, Page, PageArgs, fetch_page, parse_int
 from server.db import read_engine
-from server.tables import assets
+from server.tables import asset_aliases, assets, prices
 
 
 def _parse_str(value: Any) -> str:
@@ -43,6 +45,65 @@ async def assets_with_symbol(conn: AsyncConnection, symbol: str) -> list[Any]:
         select(assets).where(func.upper(assets.c.symbol) == symbol.upper()).order_by(assets.c.slug)
     )
     return list((await conn.execute(query)).all())
+
+
+# An asset whose newest market cap is this many times every other's is what its symbol means.
+DOMINANT_MCAP_FACTOR = 10
+SYMBOL_RULE = (
+    "A symbol naming several assets means one of them when the others give way: assets known "
+    "only by that bare symbol (stand-ins made from files that name no coin, no source having "
+    "named them) give way to named ones; then an asset whose newest market cap is at least "
+    f"{DOMINANT_MCAP_FACTOR}x every other's wins. Otherwise it is an AMBIGUOUS_SYMBOL error "
+    "listing the slugs."
+)
+
+
+def _compact(text: str | None) -> str:
+    return re.sub(r"[^a-z0-9]+", "", (text or "").lower())
+
+
+def _symbol_only(alias: Any) -> bool:
+    """An alias that knows the coin by its bare symbol (its id is the symbol, no name)."""
+    return (
+        alias.name is None
+        and not alias.pinned
+        and alias.resolution not in ("given", "pinned")
+        and _compact(alias.source_asset_id) == _compact(alias.symbol)
+    )
+
+
+async def assets_for_symbol(conn: AsyncConnection, symbol: str) -> list[Any]:
+    """The assets `symbol` means, by slug: one, none, or several when it is contested (see
+    SYMBOL_RULE)."""
+    rows = await assets_with_symbol(conn, symbol)
+    if len(rows) < 2:
+        return rows
+    ids = [row.id for row in rows]
+    aliases: dict[int, list[Any]] = {asset_id: [] for asset_id in ids}
+    for alias in await conn.execute(select(asset_aliases).where(asset_aliases.c.asset_id.in_(ids))):
+        aliases[alias.asset_id].append(alias)
+    named = [
+        row
+        for row in rows
+        if not aliases[row.id] or not all(_symbol_only(alias) for alias in aliases[row.id])
+    ]
+    if named:
+        rows = named
+    if len(rows) < 2:
+        return rows
+    caps: dict[int, Decimal] = {}
+    for row in rows:
+        cap = await conn.scalar(
+            select(prices.c.market_cap_usd)
+            .where(prices.c.asset_id == row.id, prices.c.market_cap_usd.is_not(None))
+            .order_by(prices.c.observed_at.desc())
+            .limit(1)
+        )
+        caps[row.id] = Decimal(cap or 0)
+    first, second = sorted(rows, key=lambda row: caps[row.id], reverse=True)[:2]
+    if caps[first.id] > 0 and caps[first.id] >= DOMINANT_MCAP_FACTOR * caps[second.id]:
+        return [first]
+    return rows
 
 
 def parse_asset_id(value: str) -> int:
@@ -101,7 +162,7 @@ class AssetsQuery:
 
     @strawberry.field(
         description="One asset by exactly one of symbol (case-insensitive), id or slug; null "
-        "when there is none. A symbol naming several assets is an AMBIGUOUS_SYMBOL error."
+        f"when there is none. {SYMBOL_RULE}"
     )
     async def asset(
         self,
@@ -118,7 +179,7 @@ class AssetsQuery:
             )
         async with read_engine(info.context.engine).connect() as conn:
             if symbol:
-                rows = await assets_with_symbol(conn, symbol)
+                rows = await assets_for_symbol(conn, symbol)
                 if len(rows) > 1:
                     raise ambiguous_symbol(symbol, [row.slug for row in rows])
                 row = rows[0] if rows else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,6 +13,7 @@ from schema.context import Context
 from schema.pagination import PageInfo
 from schema.prices.latest import PriceRow
 from server.db import read_engine
+from server.source_names import selects
 
 if TYPE_CHECKING:
     from schema.prices.types import Price
@@ -29,10 +31,22 @@ class AssetAlias:
     symbol: str | None
     name: str | None
     resolution: str = strawberry.field(
-        description="exact (matched an existing asset), created (a new asset), ambiguous "
-        "(several matched: given its own asset and reported) or pinned (curated)."
+        description="How the alias was matched: pinned (curated), given (named by the operator "
+        "for an ingestion), exact (same name and symbol), source-id (a source id or slug spells "
+        "the other's name or id), name (same name without a suffix like Coin or Token), "
+        "fuzzy-name (a similar name, prices not disagreeing), market-agreement (same symbol, "
+        "names differ, price and market cap agree at the same time), symbol-inferred (a bare "
+        "symbol, resolved to the coin that dominates it), created (a new asset) or ambiguous "
+        "(the symbol names other coins: kept apart and reported)."
     )
     pinned: bool = strawberry.field(description="A curated mapping later runs never change.")
+    confidence: float = strawberry.field(
+        description="How sure the match is, 0 to 1 (1 for exact, pinned, given and created)."
+    )
+    evidence: str | None = strawberry.field(
+        description="What the match rested on: short JSON text, e.g. "
+        '{"signals":["id binancecoin","asset bnb"]}.'
+    )
 
     @classmethod
     def from_row(cls, row: Any) -> AssetAlias:
@@ -43,10 +57,17 @@ class AssetAlias:
             name=row.name,
             resolution=row.resolution,
             pinned=bool(row.pinned),
+            confidence=float(row.confidence),
+            evidence=row.evidence,
         )
 
 
-@strawberry.type(description="How far the sources disagree, from the newest price of each source.")
+@strawberry.type(
+    description="How far the sources disagree, between prices observed close together: each "
+    "source's newest price, when it is within `windowSeconds` of the newest of them all "
+    "(KASPARRO_SPREAD_WINDOW). The window ends at that newest price, not now, so past prices "
+    "(history files) are compared too."
+)
 class Spread:
     min_price_usd: Decimal
     max_price_usd: Decimal
@@ -57,14 +78,31 @@ class Spread:
     min_source: str
     max_source: str
     sources: list[str] = strawberry.field(description="The sources compared, by name.")
+    stale_sources: list[str] = strawberry.field(
+        description="Sources left out: their newest price is older than the window, by name."
+    )
+    window_seconds: int = strawberry.field(
+        description="How long before the newest price the window starts (KASPARRO_SPREAD_WINDOW)."
+    )
+    from_: datetime = strawberry.field(
+        name="from", description="Start of the window: `to` minus windowSeconds."
+    )
+    to: datetime = strawberry.field(description="End of the window: the newest price's time.")
 
     @classmethod
-    def of(cls, rows: list[PriceRow]) -> Spread | None:
-        """The spread of the newest price per source; None with fewer than two sources."""
-        if len({row.source for row in rows}) < 2:
+    def of(cls, rows: list[PriceRow], *, window_seconds: int) -> Spread | None:
+        """The spread of the newest price per source (`rows`) among those observed within
+        `window_seconds` of the newest; None when fewer than two sources have one there."""
+        if not rows:
             return None
-        low = min(rows, key=lambda row: row.price_usd)
-        high = max(rows, key=lambda row: row.price_usd)
+        end = max(row.observed_at for row in rows)
+        start = end - timedelta(seconds=window_seconds)
+        fresh = [row for row in rows if row.observed_at >= start]
+        compared = {row.source for row in fresh}
+        if len(compared) < 2:
+            return None
+        low = min(fresh, key=lambda row: row.price_usd)
+        high = max(fresh, key=lambda row: row.price_usd)
         absolute = high.price_usd - low.price_usd
         percent = None
         if low.price_usd:
@@ -77,7 +115,11 @@ class Spread:
             percent=percent,
             min_source=low.source,
             max_source=high.source,
-            sources=sorted({row.source for row in rows}),
+            sources=sorted(compared),
+            stale_sources=sorted({row.source for row in rows} - compared),
+            window_seconds=window_seconds,
+            from_=start,
+            to=end,
         )
 
 
@@ -122,15 +164,19 @@ class Asset:
 
         name = one_source(source)
         rows = await latest_of_asset(info.context, int(self.id))
-        if name is not None:
-            rows = [row for row in rows if row.source == name]
+        if name is not None:  # a family's name (csv) takes its datasets (csv:yahoo)
+            rows = [row for row in rows if selects((name,), row.source)]
         if not rows:
             return None
         return Price.from_row(max(rows, key=lambda row: (row.observed_at, row.id)))
 
-    @strawberry.field(description="The spread between sources; null with fewer than two.")
+    @strawberry.field(
+        description="The spread between the sources' prices observed close together; null "
+        "when fewer than two sources have a price in the window (see Spread)."
+    )
     async def spread(self, info: Info[Context, None]) -> Spread | None:
-        return Spread.of(await latest_of_asset(info.context, int(self.id)))
+        rows = await latest_of_asset(info.context, int(self.id))
+        return Spread.of(rows, window_seconds=info.context.settings.spread_window)
 
 
 @strawberry.type

@@ -8,8 +8,8 @@ carries no open/high/low nor provenance, which `Price` and candles need) and app
 database. While it is not ready (starting, reloading, disconnected) every reader gets None and
 falls back to SQL: it never answers from a state it knows to be incomplete.
 
-Candles are cached per (asset, interval, source or all) for the default range of the interval,
-loaded on first use. Buckets before the previous one are kept aggregated ("sealed"); the
+Candles are cached per (asset, interval, source, family or all) for the default range of the
+interval, loaded on first use. Buckets before the previous one are kept aggregated ("sealed"); the
 previous and current buckets are kept as raw observations, so an event updates them exactly
 (an upsert by price id). An event that lands in a sealed bucket (a late row) drops the window;
 the next read loads it again.
@@ -39,6 +39,7 @@ from schema.prices.candles import (
 )
 from schema.prices.latest import PriceRow, latest_rows, rows_by_id, sorted_rows
 from server.broker import Broker, Gap, Message
+from server.source_names import family_of, selects
 from server.tables import assets
 from workers.pipeline.runs import PRICES_CHANNEL
 
@@ -249,8 +250,10 @@ class PriceCache:
             by_source[row.source] = row
             self._sorted = None
         observation = Observation.of(row)
+        # Windows of its source, of its source's family (csv for csv:yahoo) and of all sources.
+        sources = {row.source, family_of(row.source), None}
         for interval in Interval:
-            for source in (row.source, None):
+            for source in sources:
                 key = (row.asset_id, interval, source)
                 window = self._windows.get(key)
                 if window is not None and not window.apply(observation):
@@ -263,7 +266,8 @@ class PriceCache:
     def latest(
         self, *, symbols: Collection[str] | None = None, sources: Collection[str] | None = None
     ) -> list[PriceRow] | None:
-        """The newest price per (asset, source), by symbol, asset and source."""
+        """The newest price per (asset, source), by symbol, asset and source; a family's name
+        among `sources` selects its datasets."""
         if not self._ready:
             return None
         if symbols is not None:
@@ -274,7 +278,7 @@ class PriceCache:
                 self._sorted = sorted_rows(r for s in self._latest.values() for r in s.values())
             rows = self._sorted
         if sources is not None:
-            return [row for row in rows if row.source in sources]
+            return [row for row in rows if selects(sources, row.source)]
         return list(rows)
 
     def latest_of_asset(self, asset_id: int) -> list[PriceRow] | None:

@@ -12,6 +12,8 @@ A candle's values, over the observations of one bucket (of one source, or of all
   null when no observation in the bucket reports volume;
 - observations: how many there are; sources: which sources they came from.
 
+A source filter that names a family (`csv`) takes the observations of all its datasets.
+
 Buckets are aligned on the Unix epoch in UTC (so days start at 00:00 UTC).
 """
 
@@ -36,6 +38,7 @@ from sqlalchemy import (
     extract,
     func,
     literal_column,
+    or_,
     select,
     type_coerce,
 )
@@ -43,6 +46,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schema.compiled.sql import Prepared, Unpreparable
+from server.source_names import FAMILIES, SEPARATOR
 from server.sqltypes import ExactDecimal
 from server.tables import prices
 
@@ -193,15 +197,17 @@ def candle_query(
     start: datetime,
     end: datetime,
     source: str | None,
+    family: bool | None = None,
 ) -> Select[Any]:
-    """Candles of one asset for buckets in [start, end), oldest first, aggregated in SQL."""
+    """Candles of one asset for buckets in [start, end), oldest first, aggregated in SQL;
+    `family`: whether `source` is a family's name (by default, whether it is one)."""
     conditions = [
         prices.c.asset_id == asset_id,
         prices.c.observed_at >= start,
         prices.c.observed_at < end,
     ]
     if source is not None:
-        conditions.append(prices.c.source == source)
+        conditions.append(_of_source(source, family))
     obs = (
         select(
             prices.c.id,
@@ -251,6 +257,14 @@ def candle_query(
     )
 
 
+def _of_source(source: str, family: bool | None = None) -> ColumnElement[bool]:
+    """Rows of `source`; for a family's name (`family`, by default whether `source` is one), of
+    its datasets too: `source LIKE :prefix || '%'`, the prefix ('csv:') a bound value."""
+    if source in FAMILIES if family is None else family:
+        return or_(prices.c.source == source, prices.c.source.startswith(source + SEPARATOR))
+    return prices.c.source == source
+
+
 async def candles_sql(
     conn: AsyncConnection,
     *,
@@ -264,9 +278,10 @@ async def candles_sql(
     PostgreSQL prepared once per interval, schema.compiled.sql)."""
     prepared = None
     if conn.dialect.name == "postgresql":
-        prepared = _prepared_query(conn.dialect, interval, source is not None)
+        prepared = _prepared_query(conn.dialect, interval, _filter_kind(source))
     if prepared is not None:
         values = {"asset_id": asset_id, "start": start, "end": end, "source": source}
+        values["family_prefix"] = None if source is None else source + SEPARATOR
         rows: Sequence[Any] = await prepared.fetch(conn, values)
     else:
         query = candle_query(
@@ -302,27 +317,40 @@ def _source_names(aggregated: str) -> tuple[str, ...]:
 
 _PROBE_ASSET = -1_000_000
 _PROBE_SOURCE = "\x00probe"
+_PROBE_FAMILY = "\x00family"
 _PROBE_START = datetime(1901, 1, 1, tzinfo=UTC)
 _PROBE_END = datetime(1901, 1, 2, tzinfo=UTC)
 
 
+def _filter_kind(source: str | None) -> str | None:
+    """What shape of source condition a candle statement has: none, one source, a family."""
+    if source is None:
+        return None
+    return "family" if source in FAMILIES else "source"
+
+
 @lru_cache(maxsize=32)
-def _prepared_query(dialect: Dialect, interval: Interval, by_source: bool) -> Prepared | None:
-    """`candle_query` for one interval, with or without a source, prepared for PostgreSQL."""
+def _prepared_query(dialect: Dialect, interval: Interval, by: str | None) -> Prepared | None:
+    """`candle_query` for one interval, without a source, with one or with a family, prepared
+    for PostgreSQL."""
     probes: dict[Hashable, str] = {
         _PROBE_ASSET: "asset_id",
         _PROBE_START: "start",
         _PROBE_END: "end",
     }
-    if by_source:
-        probes[_PROBE_SOURCE] = "source"
+    probe = {None: None, "source": _PROBE_SOURCE, "family": _PROBE_FAMILY}[by]
+    if probe is not None:
+        probes[probe] = "source"
+    if by == "family":
+        probes[_PROBE_FAMILY + SEPARATOR] = "family_prefix"
     query = candle_query(
         dialect.name,
         asset_id=_PROBE_ASSET,
         interval=interval,
         start=_PROBE_START,
         end=_PROBE_END,
-        source=_PROBE_SOURCE if by_source else None,
+        source=probe,
+        family=by == "family",
     )
     try:
         return Prepared(query, probes, dialect)
@@ -345,5 +373,5 @@ async def observations_since(
         prices.c.volume_24h_usd,
     ).where(prices.c.asset_id == asset_id, prices.c.observed_at >= start)
     if source is not None:
-        query = query.where(prices.c.source == source)
+        query = query.where(_of_source(source))
     return [Observation.of(row) for row in await conn.execute(query)]

@@ -10,7 +10,12 @@ from typing import Annotated
 import strawberry
 from strawberry.types import Info
 
-from schema.assets.query import ambiguous_symbol, assets_with_symbol, parse_asset_id
+from schema.assets.query import (
+    ambiguous_symbol,
+    assets_for_symbol,
+    assets_with_symbol,
+    parse_asset_id,
+)
 from schema.context import Context
 from schema.errors import UserError
 from schema.prices.candles import CandleRow, Interval, candles_sql
@@ -111,7 +116,13 @@ async def _asset_id(context: Context, symbol: str, asset: strawberry.ID | None) 
     if not pairs:
         raise UserError(f"no asset has symbol {symbol!r}", code="UNKNOWN_SYMBOL")
     if len(pairs) > 1:
-        raise ambiguous_symbol(symbol, [slug for _, slug in pairs])
+        # Several assets carry the symbol: the one it means, by the rule `asset(symbol:)` follows
+        # (a stand-in known only by the bare symbol gives way to the named coin, ...).
+        async with read_engine(context.engine).connect() as conn:
+            rows = await assets_for_symbol(conn, symbol)
+        if len(rows) != 1:
+            raise ambiguous_symbol(symbol, [str(row.slug) for row in rows])
+        return int(rows[0].id)
     return pairs[0][0]
 
 

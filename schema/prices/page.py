@@ -27,6 +27,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -45,6 +46,7 @@ from schema.pagination import (
 )
 from schema.prices.types import PriceOrder
 from server.settings import KNOWN_SOURCES
+from server.source_names import families_in, is_dataset_source, selects
 from server.sqltypes import ExactDecimal
 from server.tables import assets, prices
 
@@ -79,16 +81,52 @@ MAX_BRANCHES = 64
 
 
 def validate_sources(sources: Sequence[str] | None) -> list[str] | None:
-    """Source names, lower-cased; UnknownSource for a name no source has."""
+    """Source names, lower-cased; UnknownSource for a name no source has.
+
+    A family's dataset (`csv:yahoo`) is valid as written: a dataset may appear with the next
+    file, and one that has no prices yet selects nothing. The family's name (`csv`) selects
+    every dataset of it (`expand_sources`)."""
     if sources is None:
         return None
     names = [source.lower() for source in sources]
-    unknown = [name for name in names if name not in KNOWN_SOURCES]
+    unknown = [name for name in names if name not in KNOWN_SOURCES and not is_dataset_source(name)]
     if unknown:
         raise UnknownSource(
-            f"unknown source(s) {', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_SOURCES)}"
+            f"unknown source(s) {', '.join(map(repr, unknown))}; known: "
+            f"{', '.join(KNOWN_SOURCES)} and CSV datasets as csv:<dataset> (e.g. csv:yahoo)"
         )
     return names
+
+
+# Every distinct source of `prices`, one index probe each (a loose scan of the (source, id)
+# index): a handful of probes whatever the table's size, where DISTINCT would read every row.
+STORED_SOURCES = text(
+    """
+    WITH RECURSIVE found(source) AS (
+        SELECT (SELECT source FROM prices ORDER BY source LIMIT 1)
+        UNION ALL
+        SELECT (SELECT p.source FROM prices AS p WHERE p.source > found.source
+                ORDER BY p.source LIMIT 1)
+        FROM found WHERE found.source IS NOT NULL
+    )
+    SELECT source FROM found WHERE source IS NOT NULL
+    """
+)
+
+
+async def stored_sources(conn: AsyncConnection) -> list[str]:
+    """The sources prices are stored under, sorted as the database sorts them."""
+    return list((await conn.scalars(STORED_SOURCES)).all())
+
+
+async def expand_sources(conn: AsyncConnection, names: list[str] | None) -> list[str] | None:
+    """Validated `names` with every stored dataset of the families among them (`csv` ->
+    `csv`, `csv:kaggle`, `csv:yahoo`, ...): the concrete sources a page reads one index range
+    of each. Without a family name, `names` as they are and no SQL."""
+    if names is None or not families_in(names):
+        return names
+    found = {source for source in await stored_sources(conn) if selects(names, source)}
+    return sorted(found | set(names))
 
 
 def check_window(from_: datetime | None, to: datetime | None) -> None:
@@ -314,7 +352,9 @@ async def price_page(
     """One page of prices: rows named like `prices` columns (and "symbol"), in page order.
 
     `asset_ids` None means every asset, an empty list none (an empty page, no SQL; the same
-    for `sources`). Checked here: `sources` (UnknownSource), `from_` < `to` (`to` exclusive)
+    for `sources`). `sources` are the stored names to read (`expand_sources`: a family's name
+    here reads only rows stored under that name itself).
+    Checked here: `sources` (UnknownSource), `from_` < `to` (`to` exclusive)
     and the cursors. `columns` adds to the keys, always read. One statement reads the rows; a
     pageInfo flag on a cursor's far side costs one EXISTS, computed only when `need_*` says so.
     """

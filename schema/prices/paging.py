@@ -23,6 +23,7 @@ from schema.prices.page import (
     KEY_COLUMNS,
     KEYSETS,
     check_window,
+    expand_sources,
     price_count,
     price_page,
     price_page_statement,
@@ -65,6 +66,7 @@ async def load_price_page(context: Any, kwargs: dict[str, Any], rendering: Rende
         asset_ids = None
         if symbols is not None:
             asset_ids = await resolve_asset_ids(conn, cache=context.price_cache, symbols=symbols)
+        sources = await expand_sources(conn, sources)
         far_side = (need_previous and page.after and not page.backwards) or (
             need_next and page.before and page.backwards
         )

@@ -15,6 +15,7 @@ from schema.pagination import Page, PageArgs
 from schema.prices.page import (
     KEYSETS,
     check_window,
+    expand_sources,
     key_of,
     price_count,
     price_page,
@@ -99,15 +100,16 @@ class PricesQuery:
         wanted = Wanted.of(info.selected_fields)
         symbols = where.symbols
 
-        async def work(conn: AsyncConnection) -> tuple[list[int] | None, Page]:
+        async def work(conn: AsyncConnection) -> tuple[list[int] | None, list[str] | None, Page]:
             asset_ids = None
             if symbols is not None:
                 cache = context.price_cache
                 asset_ids = await resolve_asset_ids(conn, cache=cache, symbols=symbols)
+            names = await expand_sources(conn, sources)
             result = await price_page(
                 conn,
                 asset_ids=asset_ids,
-                sources=sources,
+                sources=names,
                 from_=where.from_,
                 to=where.to,
                 page=page,
@@ -116,15 +118,15 @@ class PricesQuery:
                 need_has_next=wanted.has_next,
                 need_has_previous=wanted.has_previous,
             )
-            return asset_ids, result
+            return asset_ids, names, result
 
-        asset_ids, result = await read(context.engine, work)
+        asset_ids, names, result = await read(context.engine, work)
         keyset, key = KEYSETS[order_by], key_of(order_by)
         edges = [
             PriceEdge(cursor=keyset.cursor(key(row)), node=Price.from_row(row))
             for row in result.rows
         ]
         count_query = price_count(
-            asset_ids=asset_ids, sources=sources, from_=where.from_, to=where.to
+            asset_ids=asset_ids, sources=names, from_=where.from_, to=where.to
         )
         return PriceConnection(edges=edges, page_info=result.page_info, count_query=count_query)

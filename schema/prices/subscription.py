@@ -20,12 +20,13 @@ from strawberry.types import Info
 from schema.context import Context
 from schema.errors import ServiceUnavailable, UserError, graphql_error
 from schema.pagination import decode_cursor, parse_int
-from schema.prices.latest import ROW_COLUMNS, PriceRow
+from schema.prices.latest import ROW_COLUMNS, PriceRow, source_condition
 from schema.prices.query import validate_sources
 from schema.prices.types import INGEST_CURSOR, Price
 from server.live.hub import PriceCommit
 from server.live.streams import PRICES_TOPIC, Item, Stream
 from server.live.values import values
+from server.source_names import selects
 from server.tables import assets, prices
 
 # Rows per database read when replaying (and prices per replayed priceBatches message).
@@ -33,7 +34,8 @@ REPLAY_PAGE = 500
 
 
 class PriceFilterSet:
-    """The subscription's filters, checked in SQL (replay) and in Python (live rows)."""
+    """The subscription's filters, checked in SQL (replay) and in Python (live rows); a
+    family's name among the sources (`csv`) takes its datasets (`csv:yahoo`) too."""
 
     def __init__(self, symbols: list[str] | None, sources: list[str] | None) -> None:
         self.symbols = None if symbols is None else frozenset(s.upper() for s in symbols)
@@ -45,7 +47,7 @@ class PriceFilterSet:
 
     def matches(self, row: PriceRow) -> bool:
         return (self.symbols is None or row.symbol.upper() in self.symbols) and (
-            self.sources is None or row.source in self.sources
+            self.sources is None or selects(self.sources, row.source)
         )
 
     def conditions(self) -> list[ColumnElement[bool]]:
@@ -53,7 +55,7 @@ class PriceFilterSet:
         if self.symbols is not None:
             found.append(func.upper(assets.c.symbol).in_(sorted(self.symbols)))
         if self.sources is not None:
-            found.append(prices.c.source.in_(sorted(self.sources)))
+            found.append(source_condition(self.sources))
         return found
 
 

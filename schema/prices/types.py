@@ -34,7 +34,11 @@ class PriceOrder(Enum):
 @strawberry.input(description="Which prices: all conditions must hold; lists match any entry.")
 class PriceFilter:
     symbols: list[str] | None = None
-    sources: list[str] | None = None
+    sources: list[str] | None = strawberry.field(
+        default=None,
+        description="Source names: coingecko, coinpaprika, csv (every CSV dataset) or one CSV "
+        "dataset, csv:<dataset> (csv:yahoo, csv:kaggle, ...).",
+    )
     from_: datetime | None = strawberry.field(
         default=None, name="from", description="Observed at or after (inclusive)."
     )
@@ -76,7 +80,9 @@ class Price:
     cursor: str = strawberry.field(description="Place in ingestion order; resume live updates.")
     symbol: str
     asset_id: strawberry.ID
-    source: str
+    source: str = strawberry.field(
+        description="coingecko, coinpaprika, or for a CSV file its dataset: csv:<dataset>."
+    )
     observed_at: datetime
     price_usd: Decimal
     market_cap_usd: Decimal | None

@@ -1,19 +1,30 @@
-"""GraphQL types of the data-quality domain: schema drift and anomalies."""
+"""GraphQL types of the data-quality domain: schema drift, anomalies and quarantined rows."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
-from sqlalchemy import Select
+from sqlalchemy import ColumnElement, Select
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from schema.assets.types import Asset
 from schema.context import Context
+from schema.errors import UserError
 from schema.pagination import PageInfo
+from schema.quality.quarantine import (
+    KIND_LIST,
+    KINDS_DESCRIPTION,
+    ReasonGroup,
+    reason_groups,
+    reason_kind,
+)
+from server.db import read
+
+MAX_EXAMPLES = 20
 
 
 def _id(value: int | None) -> strawberry.ID | None:
@@ -139,3 +150,108 @@ class AnomalyConnection:
     async def total_count(self, info: Info[Context, None]) -> int:
         async with info.context.engine.connect() as conn:
             return int(await conn.scalar(self.count_query) or 0)
+
+
+@strawberry.type(
+    description="A raw item set aside by validation: why, where from, and as it was received."
+)
+class QuarantinedRecord:
+    id: strawberry.ID
+    run_id: strawberry.ID | None
+    source: str
+    reason: str = strawberry.field(description="Why, naming the field and the value.")
+    kind: str = strawberry.field(description=KINDS_DESCRIPTION)
+    origin: str = strawberry.field(
+        description='Where it came from: a file and line ("prices.csv:17") or the request '
+        '("GET /coins/markets?page=2").'
+    )
+    raw_record_id: strawberry.ID | None = strawberry.field(
+        description="The raw batch it arrived in (kept whole, with everything fetched)."
+    )
+    record: JSON = strawberry.field(description="The item exactly as received.")
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> QuarantinedRecord:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            run_id=_id(row.run_id),
+            source=row.source,
+            reason=row.reason,
+            kind=reason_kind(row.reason),
+            origin=row.origin,
+            raw_record_id=_id(row.raw_record_id),
+            record=JSON(row.payload),
+            created_at=row.created_at,
+        )
+
+
+@strawberry.type(description="Quarantined rows of one kind: how many, and the first few.")
+class QuarantineReasonCount:
+    kind: str = strawberry.field(description=KIND_LIST)
+    count: int
+    examples: list[QuarantinedRecord] = strawberry.field(
+        description="The first rows of this kind, in the order they were set aside."
+    )
+
+    @classmethod
+    def of(cls, group: ReasonGroup) -> QuarantineReasonCount:
+        examples = [QuarantinedRecord.from_row(row) for row in group.examples]
+        return cls(kind=group.kind, count=group.count, examples=examples)
+
+
+def check_examples(examples: int) -> int:
+    """`examples` if it is a number of examples to show; BAD_USER_INPUT otherwise."""
+    if not 0 <= examples <= MAX_EXAMPLES:
+        raise UserError(f"`examples` must be from 0 to {MAX_EXAMPLES}, got {examples}")
+    return examples
+
+
+async def reason_counts(
+    info: Info[Context, None], where: list[ColumnElement[bool]], examples: int
+) -> list[QuarantineReasonCount]:
+    """The quarantined rows matching `where`, counted by kind, most first."""
+    count = check_examples(examples)
+    groups = await read(
+        info.context.engine, lambda conn: reason_groups(conn, where, examples=count)
+    )
+    return [QuarantineReasonCount.of(group) for group in groups]
+
+
+EXAMPLES_ARGUMENT = strawberry.argument(
+    description=f"Rows to show of each kind, 0 to {MAX_EXAMPLES}."
+)
+
+
+@strawberry.type
+class QuarantineEdge:
+    cursor: str
+    node: QuarantinedRecord
+
+
+@strawberry.type(description="A page of quarantined rows, newest first (keyset cursors).")
+class QuarantineConnection:
+    edges: list[QuarantineEdge]
+    page_info: PageInfo
+    count_query: strawberry.Private[Select[Any]]
+    conditions: strawberry.Private[list[ColumnElement[bool]]]
+
+    @strawberry.field(description="Rows in the page, without cursors.")
+    def nodes(self) -> list[QuarantinedRecord]:
+        return [edge.node for edge in self.edges]
+
+    @strawberry.field(description="All rows matching the arguments (counted only when asked).")
+    async def total_count(self, info: Info[Context, None]) -> int:
+        async with info.context.engine.connect() as conn:
+            return int(await conn.scalar(self.count_query) or 0)
+
+    @strawberry.field(
+        description="All rows matching the arguments (not only this page) counted by kind, "
+        "most first."
+    )
+    async def by_kind(
+        self,
+        info: Info[Context, None],
+        examples: Annotated[int, EXAMPLES_ARGUMENT] = 0,
+    ) -> list[QuarantineReasonCount]:
+        return await reason_counts(info, self.conditions, examples)

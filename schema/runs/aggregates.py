@@ -1,7 +1,8 @@
 """Grouped queries about runs and sources: a fixed number of statements, whatever the sources.
 
 Per-source facts are DataLoaders keyed by source name, so `sources { ... }` asks each grouped
-query once for all sources, and only for the fields a client selected.
+query once for all sources, and only for the fields a client selected. A family's facts (prices,
+quarantined rows and checkpoints of `csv`) take in those of its datasets (`csv:yahoo`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, extract, func, select
+from sqlalchemy import case, extract, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from strawberry.dataloader import DataLoader
 
+from server.source_names import SEPARATOR, families_in, family_of
 from server.tables import assets, checkpoints, etl_runs, prices, quarantine
 
 # Runs that did their work (PARTIAL: some rows quarantined, the rest stored).
@@ -57,14 +59,15 @@ def source_loaders(engine: AsyncEngine) -> SourceLoaders:
     async def source_checkpoints(names: Sequence[str]) -> list[list[Any]]:
         query = (
             select(checkpoints)
-            .where(checkpoints.c.source.in_(names))
+            .where(_of_sources(checkpoints.c.source, names))
             .order_by(checkpoints.c.source, checkpoints.c.stream)
         )
         async with engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         by_source: dict[str, list[Any]] = defaultdict(list)
         for row in rows:
-            by_source[row.source].append(row)
+            for name in _selected_by(row.source, names):
+                by_source[name].append(row)
         return [by_source.get(name, []) for name in names]
 
     return SourceLoaders(
@@ -78,12 +81,26 @@ def source_loaders(engine: AsyncEngine) -> SourceLoaders:
 async def _counts(engine: AsyncEngine, table: Any, names: Sequence[str]) -> list[int]:
     query = (
         select(table.c.source, func.count())
-        .where(table.c.source.in_(names))
+        .where(_of_sources(table.c.source, names))
         .group_by(table.c.source)
     )
+    counts: dict[str, int] = defaultdict(int)
     async with engine.connect() as conn:
-        counts = {source: int(count) for source, count in (await conn.execute(query)).all()}
+        for source, count in (await conn.execute(query)).all():
+            for name in _selected_by(source, names):
+                counts[name] += int(count)
     return [counts.get(name, 0) for name in names]
+
+
+def _of_sources(column: Any, names: Sequence[str]) -> Any:
+    """Rows stored under one of `names` or under a dataset of a family among them."""
+    families = [column.startswith(family + SEPARATOR) for family in families_in(names)]
+    return or_(column.in_(names), *families)
+
+
+def _selected_by(source: str, names: Sequence[str]) -> list[str]:
+    """The names a row stored under `source` counts for: its own, and its family's."""
+    return [name for name in names if name in (source, family_of(source))]
 
 
 async def source_runs(conn: AsyncConnection, names: Sequence[str]) -> dict[str, SourceRuns]:

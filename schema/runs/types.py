@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from sqlalchemy import Select
@@ -14,7 +14,16 @@ from strawberry.types import Info
 
 from schema.context import Context
 from schema.pagination import PageInfo
+from schema.prices.page import stored_sources
 from schema.runs.aggregates import SourceLoaders
+from server.db import read_engine
+from server.source_names import FAMILIES, family_of
+
+if TYPE_CHECKING:
+    from schema.quality.types import QuarantineReasonCount
+
+# schema.quality imports the runs domain (run ids): its types are resolved lazily here.
+LazyReasonCount = Annotated["QuarantineReasonCount", strawberry.lazy("schema.quality.types")]
 
 
 @strawberry.enum(description="Where an ingestion run is in its life.")
@@ -97,6 +106,25 @@ class EtlRun:
             details=_json(_value(row, "details")),
         )
 
+    @strawberry.field(
+        description="What the run quarantined, counted by kind, most first; `examples` rows of "
+        "each (all of them: `quarantine(runId:)`)."
+    )
+    async def quarantine_reasons(
+        self,
+        info: Info[Context, None],
+        examples: Annotated[
+            int, strawberry.argument(description="Rows to show of each kind, 0 to 20.")
+        ] = 3,
+    ) -> list[LazyReasonCount]:
+        from schema.quality.types import check_examples, reason_counts
+        from server.tables import quarantine
+
+        check_examples(examples)
+        if not self.quarantined:  # counted in the transaction that set the rows aside
+            return []
+        return await reason_counts(info, [quarantine.c.run_id == int(self.id)], examples)
+
 
 @strawberry.type
 class EtlRunEdge:
@@ -161,6 +189,10 @@ class Checkpoint:
         description='"" for an API source; the file identity for CSV; "history:<asset>" for '
         "backfills."
     )
+    source: str = strawberry.field(
+        description="The source the stream's rows are stored under: the source itself, or for "
+        "a CSV file its dataset (csv:yahoo)."
+    )
     state: JSON
     run_id: strawberry.ID | None = strawberry.field(description="The run that wrote it last.")
     updated_at: datetime
@@ -169,6 +201,7 @@ class Checkpoint:
     def from_row(cls, row: Any) -> Checkpoint:
         return cls(
             stream=row.stream,
+            source=row.source,
             state=JSON(row.state),
             run_id=None if row.run_id is None else strawberry.ID(str(row.run_id)),
             updated_at=row.updated_at,
@@ -181,10 +214,23 @@ class Source:
     enabled: bool = strawberry.field(description="Scheduled by this deployment (KASPARRO_SOURCES).")
     loaders: strawberry.Private[SourceLoaders]
 
-    @strawberry.field(description="One per stream, by stream.")
+    @strawberry.field(
+        description="One per stream, by stream (CSV: per dataset and file, by dataset)."
+    )
     async def checkpoints(self) -> list[Checkpoint]:
         rows = await self.loaders.checkpoints.load(self.name)
         return [Checkpoint.from_row(row) for row in rows]
+
+    @strawberry.field(
+        description="The datasets prices of this source are stored under, by name: csv:<dataset> "
+        "for CSV files (each provider's files are a source of their own); empty for the others."
+    )
+    async def datasets(self, info: Info[Context, None]) -> list[str]:
+        if self.name not in FAMILIES:
+            return []
+        async with read_engine(info.context.engine).connect() as conn:
+            stored = await stored_sources(conn)
+        return sorted(s for s in stored if s != self.name and family_of(s) == self.name)
 
     @strawberry.field(description="The newest run, whatever its status.")
     async def last_run(self) -> EtlRun | None:

@@ -243,14 +243,15 @@ async def test_an_asset_has_its_aliases_latest_prices_and_spread(
     ]
     assert btc["gecko"] == {"source": "coingecko", "priceUsd": "61000"}
     assert btc["newest"] == {"source": "coinpaprika", "observedAt": "2024-05-01T02:00:00Z"}
+    # The CSV price is a day older than the others: outside the spread's window (an hour).
     assert btc["spread"] == {
-        "minPriceUsd": "59000.5",
+        "minPriceUsd": "60390",
         "maxPriceUsd": "61000",
-        "absoluteUsd": "1999.5",
-        "percent": "3.388954",
-        "minSource": "csv",
+        "absoluteUsd": "610",
+        "percent": "1.010101",
+        "minSource": "coinpaprika",
         "maxSource": "coingecko",
-        "sources": ["coingecko", "coinpaprika", "csv"],
+        "sources": ["coingecko", "coinpaprika"],
     }
 
 

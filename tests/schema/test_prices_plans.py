@@ -28,7 +28,14 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from schema.pagination import Keyset, PageArgs
-from schema.prices.page import KEYSETS, price_count, price_page_statement, resolve_asset_ids
+from schema.prices.page import (
+    KEYSETS,
+    STORED_SOURCES,
+    expand_sources,
+    price_count,
+    price_page_statement,
+    resolve_asset_ids,
+)
 from schema.prices.types import PriceOrder
 from tests.conftest import migrated_engine
 from tests.support.services import postgres_admin_url, temporary_postgres_database
@@ -43,8 +50,9 @@ SLACK = 50
 COLUMNS = frozenset({"symbol", "source", "price_usd"})
 
 FILL = [
-    # 20 assets, two of them "UNI"; hourly from coingecko and coinpaprika, and from csv for
-    # three (a rare source); ids in time order, as ingestion writes them: 206,400 prices.
+    # 20 assets, two of them "UNI"; hourly from coingecko and coinpaprika, from csv for three
+    # (a rare source) and from two CSV datasets for one; ids in time order, as ingestion writes
+    # them: 216,000 prices.
     """INSERT INTO assets (slug, symbol, name)
        SELECT 'coin-' || i, CASE WHEN i > 18 THEN 'UNI' ELSE 'C' || i END, 'Coin ' || i
        FROM generate_series(1, 20) AS i""",
@@ -53,8 +61,10 @@ FILL = [
               'plans'
        FROM generate_series(0, {HOURS - 1}) AS h
        CROSS JOIN assets AS a
-       CROSS JOIN (VALUES ('coingecko'), ('coinpaprika'), ('csv')) AS s(name)
-       WHERE s.name <> 'csv' OR a.slug IN ('coin-1', 'coin-2', 'coin-3')
+       CROSS JOIN (VALUES ('coingecko'), ('coinpaprika'), ('csv'), ('csv:kaggle'), ('csv:yahoo'))
+           AS s(name)
+       WHERE s.name NOT LIKE 'csv%' OR (s.name = 'csv' AND a.slug IN ('coin-1', 'coin-2', 'coin-3'))
+          OR a.slug = 'coin-4'
        ORDER BY h, a.id, s.name""",
     "ANALYZE assets",
     "ANALYZE prices",
@@ -71,6 +81,9 @@ FILTERS: dict[str, dict[str, Any]] = {
     "time window": WINDOW,
     "symbol in a time window": {"symbols": ["C5"], **WINDOW},
     "sources in a time window": {"sources": ["csv", "coinpaprika"], **WINDOW},
+    # The family's name: one branch per stored dataset (expand_sources), each an index range.
+    "a source family": {"sources": ["csv"], "expand": True},
+    "a family and a symbol": {"symbols": ["C4"], "sources": ["csv"], "expand": True},
 }
 
 
@@ -153,7 +166,10 @@ async def _case(conn: AsyncConnection, name: str, order: PriceOrder, backwards: 
     asset_ids = None
     if symbols is not None:
         asset_ids = await resolve_asset_ids(conn, cache=None, symbols=symbols)
-    scope = {"asset_ids": asset_ids, "sources": spec.pop("sources", None)}
+    sources = spec.pop("sources", None)
+    if spec.pop("expand", False):
+        sources = await expand_sources(conn, sources)
+    scope = {"asset_ids": asset_ids, "sources": sources}
     scope.update(from_=spec.pop("from_", None), to=spec.pop("to", None))
     return Case(scope, order, backwards)
 
@@ -250,6 +266,17 @@ async def test_every_page_is_an_index_range_scan_from_its_cursor(
     market: Market, name: str, order: PriceOrder, backwards: bool, generic: bool
 ) -> None:
     await _check(market, name, order, backwards, generic)
+
+
+async def test_a_family_is_expanded_from_a_few_index_probes_not_a_scan(market: Market) -> None:
+    async with market.engine.connect() as conn:
+        assert await expand_sources(conn, ["csv"]) == ["csv", "csv:kaggle", "csv:yahoo"]
+        found = await conn.scalar(Explain(STORED_SOURCES))
+    scans = [n for n in _nodes(found[0]["Plan"]) if n.get("Relation Name") == "prices"]
+    assert scans
+    assert {n["Node Type"] for n in scans} <= {"Index Scan", "Index Only Scan"}, scans
+    # One row per distinct source (5), and the probe past the last one: not the 216,000 rows.
+    assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= 10
 
 
 def _or_expanded(self: Keyset, key: Any, *, forward: bool, inclusive: bool = False) -> Any:

@@ -94,6 +94,8 @@ def cards(stdout: str) -> list[dict[str, str]]:
             found[-1][last] = match[2]
         elif line.startswith(" ") and line.strip() and found and last:
             found[-1][last] += " " + line.strip()  # a long value wrapped onto the next lines
+        else:
+            last = ""  # a blank line or what follows the cards ends the value
     return found
 
 
@@ -174,7 +176,7 @@ def test_ingest_csv_loads_the_given_file(tmp_path: Path, fake: FakeUpstream) -> 
     stored = query(
         tmp_path / "kasparro.db",
         "SELECT a.symbol, p.price_usd FROM prices p JOIN assets a ON a.id = p.asset_id "
-        "WHERE p.source = 'csv' ORDER BY a.symbol, p.observed_at",
+        "WHERE p.source = 'csv:prices' ORDER BY a.symbol, p.observed_at",  # named from the file
     )
     assert [(symbol, str(price)) for symbol, price in stored] == [
         ("BTC", "60000.5"),

@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple, Self
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.settings import Settings
@@ -161,7 +161,9 @@ def _stored_query(
     if symbols is not None:
         query = query.where(func.upper(assets.c.symbol).in_([s.upper() for s in symbols]))
     if sources is not None:
-        query = query.where(prices.c.source.in_(list(sources)))
+        # A family's name (`csv`) selects its datasets (`csv:yahoo`) too, as priceUpdates does.
+        families = [prices.c.source.like(f"{source}:%") for source in sources if ":" not in source]
+        query = query.where(or_(prices.c.source.in_(list(sources)), *families))
     return query
 
 

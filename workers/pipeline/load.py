@@ -3,6 +3,11 @@
 Everything here runs inside the caller's transaction, so a crash at any instant leaves either
 the whole batch with its checkpoint or none of it.
 
+A batch is stored under its own source when it names one (`Batch.source`: a CSV file's dataset,
+"csv:yahoo"), else under the run's: raw items, prices, quarantine, drift, anomalies and its
+checkpoint alike. Coins are resolved under the run's source (the alias family): the coin a CSV
+file names is the same coin whatever its dataset.
+
 On PostgreSQL the bulk writes go through asyncpg on the transaction's own connection: prices are
 COPYed into a per-connection staging table and merged with one INSERT ... SELECT ... ON CONFLICT,
 and quarantined rows are COPYed. SQLite keeps SQLAlchemy's multi-row INSERT ... ON CONFLICT.
@@ -31,7 +36,7 @@ from workers.pipeline.identity import CoinRef, IdentityResolver, Resolved
 from workers.quality.anomalies import AnomalyRules
 from workers.quality.price_anomalies import Survey, WrittenPrice, check_prices, survey_prices
 from workers.quality.store import record_drift
-from workers.sources.base import Batch, PriceRecord, SourceItem
+from workers.sources.base import Batch, PriceRecord, SourceItem, checkpoint_key
 
 # All price writers serialize on this lock so ids are handed out in commit order: a cursor
 # (the price id) that a subscriber has seen is never followed by a smaller one committing late.
@@ -149,7 +154,15 @@ class Serializer:
         coins = self._coins
         for _, r in parsed:
             if r.source_asset_id not in coins:
-                coins[r.source_asset_id] = CoinRef(self.source, r.source_asset_id, r.symbol, r.name)
+                coins[r.source_asset_id] = CoinRef(
+                    self.source,
+                    r.source_asset_id,
+                    r.symbol,
+                    r.name,
+                    r.price_usd,  # an observation of the coin, for market agreement
+                    r.market_cap_usd,
+                    r.observed_at,
+                )
         if self._positions is not None:
             _stage_rows(parsed, self._count, self._positions, self._rows, self._last)
         self._count += len(parsed)
@@ -248,6 +261,7 @@ async def write_batch(
 ) -> BatchOutcome:
     """Store the batch; return counts and the newly inserted prices (for publishing).
 
+    `source` is the run's; the batch is stored under `batch.source` when it has one.
     `serialized` is `serialize(batch, parsed, ...)` made beforehand (made here when not given).
     PostgreSQL writes the prices from it alone, so with it `parsed` is read on SQLite only.
     With `checks`, the prices inserted or changed are checked for anomalies.
@@ -256,6 +270,7 @@ async def write_batch(
     if serialized is None or (postgres and serialized.rows is None):
         serialized = serialize(batch, parsed, source=source, postgres=postgres)
     outcome = BatchOutcome(fetched=len(batch.items))
+    source = batch.source or source  # from here on: where the batch is stored
     raw_id = await _insert_raw(conn, run_id, source, batch, serialized) if batch.items else None
     if serialized.count:
         identities = await resolver.resolve(conn, serialized.coins)
@@ -572,11 +587,19 @@ def _event(
 
 
 async def load_checkpoints(conn: AsyncConnection, source: str) -> dict[str, dict[str, Any]]:
-    """stream -> state for every checkpoint of `source`."""
-    rows = await conn.execute(
-        select(checkpoints.c.stream, checkpoints.c.state).where(checkpoints.c.source == source)
+    """Checkpoint key -> state for every checkpoint of `source` and of its datasets
+    (`Batch.checkpoint_key`: the stream, after the dataset's source for a dataset's)."""
+    family = or_(
+        checkpoints.c.source == source,
+        checkpoints.c.source.startswith(source + ":", autoescape=True),
     )
-    return {stream: dict(state) for stream, state in rows}
+    rows = await conn.execute(
+        select(checkpoints.c.source, checkpoints.c.stream, checkpoints.c.state).where(family)
+    )
+    return {
+        checkpoint_key("" if stored == source else stored, stream): dict(state)
+        for stored, stream, state in rows
+    }
 
 
 async def save_checkpoint(

@@ -1,18 +1,31 @@
 """Curated identity overrides: an operator pins a source's coin to an asset, or splits it off.
 
 A pinned alias is never re-resolved by later runs. Moving an alias moves the prices it brought:
-an asset holds at most one alias per source, so (asset, source) identifies those prices.
+an asset holds at most one coin per API source, so (asset, source) identifies those prices. A
+file source (`csv`, whose prices are stored per dataset, `csv:<dataset>`) may give one asset
+several aliases; its prices move with an alias only when that alias is the family's one alias on
+the asset (otherwise which alias brought which price is not known, and they stay).
+
+Overrides take the identity lock (workers.pipeline.identity) first, like runs that create aliases.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.tables import asset_aliases, assets, prices
-from workers.pipeline.identity import CoinRef, IdentityResolver
+from workers.pipeline.identity import CoinRef, IdentityResolver, is_file_source, lock_identities
+
+_PINNED = {
+    "resolution": "pinned",
+    "pinned": True,
+    "confidence": 1.0,
+    "evidence": '{"curated":true}',
+}
 
 
 class OverrideError(ValueError):
@@ -54,6 +67,7 @@ async def pin(
     conn: AsyncConnection, *, source: str, source_asset_id: str, asset_id: int
 ) -> OverrideResult:
     """Map (source, source_asset_id) to `asset_id` for good, moving its prices along."""
+    await lock_identities(conn, exclusive=True)
     current = (
         await conn.execute(
             select(asset_aliases.c.id, asset_aliases.c.asset_id).where(
@@ -70,7 +84,7 @@ async def pin(
         )
         .limit(1)
     )
-    if other is not None:
+    if other is not None and not is_file_source(source):
         raise OverrideError(
             f"asset {asset_id} already has {source} coin {other!r}: an asset holds one coin "
             f"per source; split {other!r} off first"
@@ -81,16 +95,17 @@ async def pin(
                 source=source,
                 source_asset_id=source_asset_id,
                 asset_id=asset_id,
-                resolution="pinned",
-                pinned=True,
+                **_PINNED,
             )
         )
         return OverrideResult(source, source_asset_id, asset_id, None, 0)
-    moved = await _move_prices(conn, source, current.asset_id, asset_id)
+    moved = 0
+    if await _sole_alias_of_family(conn, current.id, current.asset_id, source):
+        moved = await _move_prices(conn, source, current.asset_id, asset_id)
     await conn.execute(
         update(asset_aliases)
         .where(asset_aliases.c.id == current.id)
-        .values(asset_id=asset_id, resolution="pinned", pinned=True)
+        .values(asset_id=asset_id, **_PINNED)
     )
     await _drop_if_orphan(conn, current.asset_id)
     return OverrideResult(source, source_asset_id, asset_id, current.asset_id, moved)
@@ -98,6 +113,7 @@ async def pin(
 
 async def split(conn: AsyncConnection, *, source: str, source_asset_id: str) -> OverrideResult:
     """Give (source, source_asset_id) an asset of its own, pinned, with its prices."""
+    await lock_identities(conn, exclusive=True)
     alias = (
         await conn.execute(
             select(asset_aliases).where(
@@ -114,9 +130,7 @@ async def split(conn: AsyncConnection, *, source: str, source_asset_id: str) -> 
     )
     if shared == 1:
         await conn.execute(
-            update(asset_aliases)
-            .where(asset_aliases.c.id == alias.id)
-            .values(resolution="pinned", pinned=True)
+            update(asset_aliases).where(asset_aliases.c.id == alias.id).values(**_PINNED)
         )
         return OverrideResult(source, source_asset_id, alias.asset_id, alias.asset_id, 0)
     ref = CoinRef(source, source_asset_id, alias.symbol, alias.name)
@@ -124,6 +138,31 @@ async def split(conn: AsyncConnection, *, source: str, source_asset_id: str) -> 
     return await pin(
         conn, source=source, source_asset_id=source_asset_id, asset_id=new_asset.asset_id
     )
+
+
+def _of_family(column: Any, source: str) -> ColumnElement[bool]:
+    """Prices stored under `source`, or under one of its datasets for a file source."""
+    if not is_file_source(source):
+        return column == source  # type: ignore[no-any-return]
+    family = source.partition(":")[0]
+    return or_(column == family, column.startswith(f"{family}:", autoescape=True))
+
+
+async def _sole_alias_of_family(
+    conn: AsyncConnection, alias_id: int, asset_id: int, source: str
+) -> bool:
+    """Whether no other alias of the source's family maps to the asset (then the asset's prices
+    of that family are the alias's)."""
+    other = await conn.scalar(
+        select(asset_aliases.c.id)
+        .where(
+            asset_aliases.c.asset_id == asset_id,
+            asset_aliases.c.id != alias_id,
+            _of_family(asset_aliases.c.source, source),
+        )
+        .limit(1)
+    )
+    return other is None
 
 
 async def _move_prices(conn: AsyncConnection, source: str, from_asset: int, to_asset: int) -> int:
@@ -134,9 +173,9 @@ async def _move_prices(conn: AsyncConnection, source: str, from_asset: int, to_a
         select(
             exists().where(
                 prices.c.asset_id == from_asset,
-                prices.c.source == source,
+                _of_family(prices.c.source, source),
                 target.c.asset_id == to_asset,
-                target.c.source == source,
+                target.c.source == prices.c.source,
                 target.c.observed_at == prices.c.observed_at,
             )
         )
@@ -148,7 +187,7 @@ async def _move_prices(conn: AsyncConnection, source: str, from_asset: int, to_a
         )
     result = await conn.execute(
         update(prices)
-        .where(prices.c.asset_id == from_asset, prices.c.source == source)
+        .where(prices.c.asset_id == from_asset, _of_family(prices.c.source, source))
         .values(asset_id=to_asset)
     )
     return int(result.rowcount or 0)

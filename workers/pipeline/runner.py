@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workers.metrics import source_context
@@ -58,6 +60,43 @@ Progress = Callable[[BatchOutcome, BatchOutcome], None]
 
 class InjectedFailure(RuntimeError):
     """Raised by KASPARRO_FAIL_AFTER_ROWS, for demonstrations and crash tests."""
+
+
+# A run's `error` is one line of at most this many characters: a database error's (whose full
+# text carries the statement and its parameters, i.e. row data) or another's.
+DATABASE_ERROR_LIMIT = 300
+ERROR_LIMIT = 1_000
+# Database messages that quote the value they refused: the value is row data, left out.
+_QUOTED_VALUE = re.compile(
+    r"(invalid input (?:syntax |value )?for (?:type \w+|query argument \$\d+)|"
+    r"value too long for type [\w ()]+)\s*:.*",
+    re.IGNORECASE,
+)
+
+
+def error_text(exc: BaseException) -> str:
+    """The run's `error` for `exc`: its class and the first line of its message, on one line.
+
+    A database error names the driver's exception and keeps the driver's first line only:
+    never the statement, its parameters or a value it quotes (all row data), and at most
+    DATABASE_ERROR_LIMIT characters."""
+    name, message, limit = type(exc).__name__, str(exc), ERROR_LIMIT
+    if isinstance(exc, StatementError):
+        driver = exc.orig.__cause__ or exc.orig if exc.orig is not None else None
+        if driver is not None:
+            message = str(driver)
+            if type(driver).__name__ != name:
+                name = f"{name}: {type(driver).__name__}"
+        else:
+            message = message.partition("\n[SQL")[0]
+        limit = DATABASE_ERROR_LIMIT
+    elif type(exc).__module__.startswith(("asyncpg", "sqlite3")):
+        limit = DATABASE_ERROR_LIMIT
+    first = " ".join(message.strip().partition("\n")[0].split())
+    first = re.sub(r"^\([\w.]+\) ", "", first)  # SQLAlchemy's "(module.Class) " prefix
+    first = _QUOTED_VALUE.sub(r"\1 (value left out)", first)
+    text = f"{name}: {first}" if first else name
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 @dataclass(slots=True)
@@ -133,7 +172,9 @@ async def _run(
     bound = log.bind(run_id=run_id, source=source)
     bound.info("run started", trigger=trigger)
     totals = BatchOutcome()
-    resolver = IdentityResolver()
+    # A coin the operator named for the run (`ingest csv --asset SLUG`) is that asset.
+    resolver = IdentityResolver(given=getattr(src, "given_asset", None))
+    datasets: set[str] = set()  # the sources the run's batches were stored under, if not its own
     # Schema drift is checked per batch as it is parsed; anomalies as each batch is written.
     guard = DriftGuard(src.expected_fields, DriftRules.from_settings(runtime.settings))
     rules = AnomalyRules.from_settings(runtime.settings)
@@ -154,18 +195,24 @@ async def _run(
                 batch = ready.batch
                 outcome = await _load(writer, run_id, source, ready, resolver, rules)
                 _add(totals, outcome)
-                checkpoints[batch.stream] = batch.checkpoint
+                checkpoints[batch.checkpoint_key] = batch.checkpoint
+                if batch.source:
+                    datasets.add(batch.source)
                 if progress is not None:
                     progress(outcome, totals)
                 if outcome.new_prices or outcome.updated_ids:
                     event: dict[str, Any] = {
                         "run_id": run_id,
-                        "source": source,
+                        "source": batch.source or source,
                         "prices": outcome.new_prices,
                     }
                     if outcome.updated_ids:
                         event["updated_ids"] = outcome.updated_ids
                     await publish(runtime.broker, PRICES_CHANNEL, event, metrics=runtime.metrics)
+                if resolver.rewired:  # an asset adopted or absorbed: caches of assets reload
+                    resolver.rewired = False
+                    resync = {"type": "resync", "reason": "identity"}
+                    await publish(runtime.broker, PRICES_CHANNEL, resync, metrics=runtime.metrics)
                 limit = runtime.settings.fail_after_rows
                 if limit is not None and totals.fetched >= limit:
                     raise InjectedFailure(f"injected failure after {totals.fetched} rows")
@@ -181,14 +228,22 @@ async def _run(
                 "cancelled: the process is shutting down",
                 checkpoints,
                 resolver,
+                datasets=datasets,
             )
         )
         raise
     except Exception as exc:
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        status, error = "failed", error_text(exc)
         bound.warning("run failed", error=error, exc_info=not isinstance(exc, SourceError))
     row = await _finish(
-        runtime, run_id, status, error, checkpoints, resolver, run_metrics=src.run_metrics
+        runtime,
+        run_id,
+        status,
+        error,
+        checkpoints,
+        resolver,
+        run_metrics=src.run_metrics,
+        datasets=datasets,
     )
     counts = {
         key: int(row[key]) for key in ("fetched", "inserted", "updated", "skipped", "quarantined")
@@ -207,27 +262,32 @@ async def _finish(
     resolver: IdentityResolver,
     *,
     run_metrics: tuple[str, ...] = (),
+    datasets: set[str] | None = None,
 ) -> dict[str, Any]:
     """Close the run; its run-level anomalies (`run_metrics` against the source's earlier runs)
-    are recorded in the same transaction."""
-    details = (
-        {
-            "ambiguous": [
-                {
-                    "source_asset_id": ref.source_asset_id,
-                    "symbol": ref.symbol,
-                    "name": ref.name,
-                    "asset_id": res.asset_id,
-                }
-                for ref, res in resolver.reports
-            ]
-        }
-        if resolver.reports
-        else None
-    )
+    are recorded in the same transaction. The details name the datasets the run stored rows
+    under (a CSV run may read files of several providers) and its ambiguous coins."""
+    details: dict[str, Any] = {}
+    if datasets:
+        details["datasets"] = sorted(datasets)
+    if resolver.reports:
+        details["ambiguous"] = [
+            {
+                "source_asset_id": ref.source_asset_id,
+                "symbol": ref.symbol,
+                "name": ref.name,
+                "asset_id": res.asset_id,
+            }
+            for ref, res in resolver.reports
+        ]
     async with runtime.engine.begin() as conn:
         row = await finish_run(
-            conn, run_id, status=status, error=error, checkpoint=checkpoints, details=details
+            conn,
+            run_id,
+            status=status,
+            error=error,
+            checkpoint=checkpoints,
+            details=details or None,
         )
         await check_run(conn, row, AnomalyRules.from_settings(runtime.settings), run_metrics)
     await publish(runtime.broker, RUNS_CHANNEL, row, metrics=runtime.metrics)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from workers.runtime import Runtime
     from workers.sources.base import Source
+    from workers.sources.csv import FileCoin
 
 SOURCE_NAMES = ("coingecko", "coinpaprika", "csv", "coingecko-history")
 
@@ -22,6 +23,12 @@ def build_source(
     """A Source for `name`, configured from the runtime's settings."""
     settings = runtime.settings
     options = options or {}
+    if options.get("dataset") is not None and name != "csv":
+        raise ValueError(f"--dataset names a CSV file's dataset; {name!r} has none")
+    coin_options = [key for key in ("asset", "symbol", "name", "days") if options.get(key)]
+    if coin_options and name not in ("csv", "coingecko-history"):
+        given = ", ".join(f"--{key}" for key in coin_options)
+        raise ValueError(f"{given}: only for csv and coingecko-history, not {name!r}")
     if name == "coingecko":
         from workers.sources.coingecko import CoinGeckoSource
 
@@ -47,8 +54,28 @@ def build_source(
         from workers.sources.csv import CsvSource
 
         paths = [path] if path else settings.csv_paths
-        return CsvSource(paths, batch_size=settings.csv_batch_size)
+        # A BadDatasetName (a ValueError) says what a dataset name must look like.
+        return CsvSource(
+            paths,
+            batch_size=settings.csv_batch_size,
+            dataset=options.get("dataset"),
+            coin=_file_coin(options, path),
+        )
     raise UnknownSourceError(f"unknown source {name!r}; known: {', '.join(SOURCE_NAMES)}")
+
+
+def _file_coin(options: dict[str, Any], path: str | None) -> FileCoin | None:
+    """The coin `--asset SLUG` or `--symbol SYM [--name NAME]` names for a CSV file."""
+    from workers.sources.csv import FileCoin
+
+    asset, symbol, name = (options.get(key) for key in ("asset", "symbol", "name"))
+    if options.get("days"):
+        raise ValueError("--days is for coingecko-history, not csv")
+    if not (asset or symbol or name):
+        return None
+    if not path:
+        raise ValueError("--asset/--symbol/--name name the coin of one file: give --file PATH")
+    return FileCoin(asset=asset, symbol=symbol, name=name)  # ValueError when both are given
 
 
 def _coingecko_history(runtime: Runtime, options: dict[str, Any]) -> Source:

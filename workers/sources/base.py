@@ -87,6 +87,20 @@ class Batch:
     stream: str = ""  # checkpoint key within the source: "" for APIs, the file for CSV
     meta: dict[str, Any] = field(default_factory=dict)
     drift: tuple[DriftFinding, ...] = ()  # recorded with the batch, in its transaction
+    # The source its rows, raw items, quarantine, drift, anomalies and checkpoint are stored
+    # under when it is not the run's: a CSV file's dataset ("csv:yahoo"). "" is the run's.
+    source: str = ""
+
+    @property
+    def checkpoint_key(self) -> str:
+        """The batch's stream in a multi-stream source's checkpoint mapping."""
+        return checkpoint_key(self.source, self.stream)
+
+
+def checkpoint_key(source: str, stream: str) -> str:
+    """A stream's key in a multi-stream source's checkpoint mapping: the stream, after the
+    source it is stored under when that is not the run's ("csv:yahoo /data/BTC-USD.csv")."""
+    return f"{source} {stream}" if source else stream
 
 
 class PriceRecord(BaseModel):

@@ -10,17 +10,29 @@ checkpoint that the pipeline keeps for multi-stream sources (`multi_stream = Tru
 A row is a SourceItem whose payload is the row as header -> raw string and whose origin is
 "file:line"; `parse` turns it into a PriceRecord with the layout computed once for its file. A file
 that cannot be mapped is refused with a SourceError after the other files were read.
+
+Each file's batches are stored under its dataset's source, `csv:<dataset>` (csv_dataset: given,
+else from the file's layout, else from its name), and its checkpoint is kept per dataset and file:
+the mapping's keys are `Batch.checkpoint_key`s ("csv:yahoo /data/BTC-USD.csv").
+
+An operator may name the coin of a file (`FileCoin`: `kasparro ingest csv --file F --asset SLUG`
+or `--symbol SYM [--name NAME]`): its rows are that coin whatever the file says, and a file that
+names no coin is read all the same. Such a file holds one coin: rows naming another are
+quarantined.
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import glob
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
+from server.source_names import check_dataset
 from workers.sources.base import (
     Batch,
     ExpectedField,
@@ -28,9 +40,24 @@ from workers.sources.base import (
     RecordError,
     SourceError,
     SourceItem,
+    checkpoint_key,
 )
-from workers.sources.csv_layout import CsvLayout, layout_for_headers, read_layout
-from workers.sources.csv_rows import RowParser
+from workers.sources.csv_dataset import Dataset, DatasetClues, detect_dataset
+from workers.sources.csv_layout import (
+    MAX_PREAMBLE_LINES,
+    CsvLayout,
+    decode_line,
+    layout_for_headers,
+    read_layout,
+    sniff_delimiter,
+    unique_headers,
+)
+from workers.sources.csv_rows import (
+    UNREADABLE_KEY,
+    RowParser,
+    refuse_unreadable,
+    source_asset_id,
+)
 from workers.sources.csv_stream import (
     HEAD_BYTES,
     Position,
@@ -41,6 +68,33 @@ from workers.sources.csv_stream import (
 
 DEFAULT_BATCH_SIZE = 5_000
 _GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True, slots=True)
+class FileCoin:
+    """The coin an operator names for the files of a run: an existing asset by slug (`asset`:
+    the rows go to it, the alias is pinned), or a symbol and/or name resolved like any coin."""
+
+    asset: str | None = None
+    symbol: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.asset and (self.symbol or self.name):
+            raise ValueError(
+                "--asset names an existing asset; --symbol/--name describe a coin: "
+                "give one or the other"
+            )
+        if not (self.asset or self.symbol or self.name):
+            raise ValueError("a named coin needs --asset, --symbol or --name")
+
+    def identity(self) -> tuple[str, str | None, str | None]:
+        """source_asset_id, symbol and name of the rows."""
+        if self.asset:
+            return self.asset.lower(), None, None
+        symbol = self.symbol.strip().upper() if self.symbol else None
+        name = self.name.strip() if self.name else None
+        return source_asset_id(symbol, name), symbol, name
 
 
 class CsvSource:
@@ -54,12 +108,26 @@ class CsvSource:
     # A run reads what files gained since the last: only its error rate compares with others.
     run_metrics: ClassVar[tuple[str, ...]] = ("error_rate",)
 
-    def __init__(self, paths: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        dataset: str | None = None,
+        coin: FileCoin | None = None,
+    ) -> None:
+        """`dataset`: every file's dataset, instead of the one its layout or name gives;
+        `coin`: the coin of every file's rows, instead of the one the file names."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.patterns = list(paths)
         self.batch_size = batch_size
+        self.dataset = None if dataset is None else check_dataset(dataset)
+        self.coin = coin
+        # The asset slug every coin of the run resolves to (read by the pipeline's resolver).
+        self.given_asset = coin.asset if coin else None
         self._parsers: dict[str, RowParser] = {}
+        self._own_coins: dict[str, str] = {}  # file -> the coin its first row names
 
     def files(self) -> list[Path]:
         """The matching files, each once, sorted by stream key; a literal path must exist."""
@@ -75,13 +143,13 @@ class CsvSource:
         return [found[key] for key in sorted(found)]
 
     async def batches(self, checkpoint: Mapping[str, Any] | None = None) -> AsyncIterator[Batch]:
-        """Batches of every file after its checkpoint in `checkpoint` (stream -> checkpoint)."""
+        """Batches of every file after its checkpoint in `checkpoint` (checkpoint key ->
+        checkpoint, see the module docstring)."""
         checkpoints = checkpoint or {}
         refused: list[str] = []
         for path in self.files():
-            key = stream_key(path)
             try:
-                reader = await asyncio.to_thread(self._open, path, checkpoints.get(key))
+                reader = await asyncio.to_thread(self._open, path, checkpoints)
             except SourceError as exc:
                 refused.append(str(exc))
                 continue
@@ -97,33 +165,56 @@ class CsvSource:
         parser = self._parsers.get(file)
         if parser is None:
             parser = self._parser_from_item(file, item)
-        return parser.parse(item.payload)
+        record = parser.parse(item.payload)
+        return record if self.coin is None else self._as_named(file, record, self.coin)
+
+    def _as_named(self, file: str, record: PriceRecord, coin: FileCoin) -> PriceRecord:
+        """The row as the coin the operator named (the file holds one coin)."""
+        own = record.source_asset_id
+        first = self._own_coins.setdefault(file, own)
+        if own != first:
+            raise RecordError(
+                f"the row names coin {own!r}, the file's first row {first!r}: a coin named for "
+                "a run (--asset/--symbol/--name) applies to a file of one coin"
+            )
+        coin_id, symbol, name = coin.identity()
+        return record.model_copy(
+            update={"source_asset_id": coin_id, "symbol": symbol, "name": name}
+        )
 
     def layout(self, file: str) -> CsvLayout | None:
         """The layout of a file this source has opened (by its label in origins)."""
         parser = self._parsers.get(file)
         return None if parser is None else parser.layout
 
-    def _open(self, path: Path, checkpoint: Mapping[str, Any] | None) -> _FileReader:
+    def dataset_of(self, layout: CsvLayout, preamble: tuple[str, ...] = ()) -> Dataset:
+        """The dataset a file of this layout is stored under."""
+        clues = DatasetClues(layout.file, layout.headers, layout.delimiter, preamble)
+        return detect_dataset(clues, given=self.dataset)
+
+    def _open(self, path: Path, checkpoints: Mapping[str, Any]) -> _FileReader:
         label = str(path)
         try:
             handle = path.open("rb")
         except OSError as exc:
             raise SourceError(f"{label}: cannot open: {exc.strerror or exc}") from None
         try:
-            layout = _layout_of(label, handle)
+            layout = _layout_of(label, handle, named=self.coin is not None)
+            dataset = self.dataset_of(layout, _preamble(handle, layout))
+            key = stream_key(path)
             header = Position(layout.header_line, layout.header_end)
-            start = start_of(handle, header, checkpoint)
+            start = start_of(handle, header, checkpoints.get(checkpoint_key(dataset.source, key)))
         except BaseException:
             handle.close()
             raise
         self._parsers[label] = RowParser(layout)
         stream = RowStream(handle, start, layout.delimiter)
-        return _FileReader(stream_key(path), layout, handle, stream, start.reset)
+        return _FileReader(key, layout, handle, stream, start.reset, dataset)
 
     def _parser_from_item(self, file: str, item: SourceItem) -> RowParser:
         """A row from a file this instance has not opened (e.g. re-parsing stored raw rows): the
         file's layout when it still has the row's header, else the layout the header implies."""
+        refuse_unreadable(item.payload)
         keys = tuple(item.payload)
         try:
             layout = _layout_on_disk(file)
@@ -136,17 +227,46 @@ class CsvSource:
         return parser
 
 
-def open_file(path: str | os.PathLike[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> CsvSource:
-    """A CsvSource over exactly one file (`kasparro ingest csv --file PATH`)."""
+def open_file(
+    path: str | os.PathLike[str],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    dataset: str | None = None,
+) -> CsvSource:
+    """A CsvSource over exactly one file (`kasparro ingest csv --file PATH [--dataset NAME]`)."""
     file = Path(path)
     if not file.is_file():
         raise SourceError(f"{file}: no such file")
-    return CsvSource([str(file)], batch_size=batch_size)
+    return CsvSource([str(file)], batch_size=batch_size, dataset=dataset)
 
 
 def stream_key(path: Path) -> str:
     """The checkpoint stream of a file: its absolute path."""
     return str(path.expanduser().resolve())
+
+
+def dataset_on_disk(file: str, headers: Sequence[str]) -> Dataset | None:
+    """The dataset a run would store the rows of a file on disk under, whose header holds
+    `headers` (stored rows' keys): its first such line is the header, the lines before it its
+    banner. None when the file cannot be read or has no such line (it changed since)."""
+    wanted = set(headers)
+    try:
+        with Path(file).open("rb") as handle:
+            head = handle.read(HEAD_BYTES)
+    except OSError:
+        return None
+    lines = [
+        decode_line(raw).lstrip("\ufeff") for raw in head.splitlines()[: MAX_PREAMBLE_LINES + 1]
+    ]
+    delimiter = sniff_delimiter(lines)
+    for number, cells in enumerate(csv.reader(lines, delimiter=delimiter)):
+        found = unique_headers(cells)
+        if wanted and wanted <= set(found):
+            clues = DatasetClues(
+                file, found, delimiter, tuple(line.strip() for line in lines[:number])
+            )
+            return detect_dataset(clues)
+    return None
 
 
 def _layout_on_disk(file: str) -> CsvLayout | None:
@@ -157,19 +277,36 @@ def _layout_on_disk(file: str) -> CsvLayout | None:
         return None
 
 
-def _layout_of(label: str, handle: BinaryIO) -> CsvLayout:
+def _layout_of(label: str, handle: BinaryIO, *, named: bool = False) -> CsvLayout:
+    """The file's layout; with `named` (the operator names its coin) a file whose name and
+    columns name no coin is read as well."""
     head = handle.read(HEAD_BYTES)
-    return read_layout(label, head, complete=len(head) < HEAD_BYTES)
+    return read_layout(label, head, complete=len(head) < HEAD_BYTES, coin_given=named)
+
+
+def _preamble(handle: BinaryIO, layout: CsvLayout) -> tuple[str, ...]:
+    """The lines before the header (banners), as text."""
+    if layout.header_line <= 1:
+        return ()
+    head = os.pread(handle.fileno(), layout.header_end, 0)
+    lines = head.splitlines()[: layout.header_line - 1]
+    return tuple(decode_line(line).strip().lstrip("\ufeff") for line in lines)
 
 
 class _FileReader:
     """One open file being read in batches."""
 
     def __init__(
-        self, key: str, layout: CsvLayout, handle: BinaryIO, stream: RowStream, reset: str | None
+        self,
+        key: str,
+        layout: CsvLayout,
+        handle: BinaryIO,
+        stream: RowStream,
+        reset: str | None,
+        dataset: Dataset,
     ) -> None:
         self.key, self.layout, self.handle = key, layout, handle
-        self.stream, self.reset = stream, reset
+        self.stream, self.reset, self.dataset = stream, reset, dataset
         self._rows = iter(stream)
 
     def __enter__(self) -> _FileReader:
@@ -184,13 +321,21 @@ class _FileReader:
             items, checkpoint = await asyncio.to_thread(self._read, size)
             if not items and not (first and self.reset):
                 return
-            meta: dict[str, Any] = {"file": self.layout.file}
+            meta: dict[str, Any] = {"file": self.layout.file, "dataset": self.dataset.name}
             if first:
                 meta["layout"] = self.layout.describe()
+                meta["dataset_from"] = self.dataset.how
                 if self.reset:
                     meta["reset"] = self.reset
             drift = self.layout.drift() if first else ()
-            yield Batch(items=items, checkpoint=checkpoint, stream=self.key, meta=meta, drift=drift)
+            yield Batch(
+                items=items,
+                checkpoint=checkpoint,
+                stream=self.key,
+                meta=meta,
+                drift=drift,
+                source=self.dataset.source,
+            )
             first = False
             if len(items) < size:
                 return
@@ -203,13 +348,22 @@ class _FileReader:
         header_row = list(headers)
         items: list[SourceItem] = []
         append = items.append
-        for row in self._rows:
-            if not any(row) or row == header_row:
-                continue
-            payload = dict(zip(headers, row, strict=False))
-            if len(row) > width:
-                payload.update((f"column {n}", row[n - 1]) for n in range(width + 1, len(row) + 1))
-            append(SourceItem(payload, f"{label}:{position.line}"))
-            if len(items) >= size:
-                break
+        while len(items) < size:
+            try:
+                for row in self._rows:
+                    if not any(row) or row == header_row:
+                        continue
+                    payload = dict(zip(headers, row, strict=False))
+                    if len(row) > width:
+                        extra = range(width + 1, len(row) + 1)
+                        payload.update((f"column {n}", row[n - 1]) for n in extra)
+                    append(SourceItem(payload, f"{label}:{position.line}"))
+                    if len(items) >= size:
+                        break
+                break  # a full batch, or the end of the file
+            except csv.Error as exc:
+                # A line the csv module cannot read (a field over its size limit): an item of
+                # its own, refused with the reason; reading goes on at the next line.
+                reason = f"unreadable CSV line: {exc}"
+                append(SourceItem({UNREADABLE_KEY: reason}, f"{label}:{position.line}"))
         return items, file_checkpoint(self.key, self.stream)

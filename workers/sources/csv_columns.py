@@ -3,12 +3,19 @@
 `map_headers` scores every header against the synonyms of each canonical field with rapidfuzz,
 keeps matches at or above MIN_CONFIDENCE, and assigns each header to at most one field (best score
 first). Two headers tying for one field is ambiguous and reported, not guessed.
+
+A percentage column ("Change %", "pct_change") is never a price or an amount: it stays in `extra`.
+Volumes: a USD or stablecoin volume is preferred, then any quote volume, then a plain "Volume"
+(USD in Yahoo, Kaggle, CoinMarketCap and CoinCodex exports). A plain volume is a count of coins
+traded, not USD, in exchange layouts: beside a trade count or VWAP column (Binance, Kraken), a
+percent-change column (Investing.com's "Vol."), or in Coinbase's candle order (time, low, high,
+open, close, volume); it is then kept in `extra` as it is.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rapidfuzz import fuzz
 
@@ -31,7 +38,8 @@ SYNONYMS: dict[str, dict[str, float]] = {
     "observed_at": {
         "timestamp": 100, "unix": 100, "unix timestamp": 100, "unix time": 100,
         "datetime": 99, "date time": 99, "date": 98, "time": 97, "open time": 95,
-        "time open": 95, "day": 90, "close time": 85, "time period start": 90,
+        "time open": 95, "day": 90, "close time": 85, "time period start": 90, "start": 92,
+        "period start": 92,
     },
     "price_usd": {
         "close": 100, "close price": 100, "closing price": 100, "closing": 95, "price": 100,
@@ -55,6 +63,12 @@ _QUOTE_WORDS = frozenset({"quote", "asset", "currency", "to", "volumeto"})
 # Preference among volume columns: a USD volume, then a stablecoin one, then any quote volume,
 # then a plain "Volume" (USD in Yahoo, Kaggle and CoinMarketCap exports). Base volumes are extra.
 _VOLUME_RANK = {"usd": 100.0, "stable": 95.0, "quote": 90.0, "plain": 85.0}
+_PERCENT_WORDS = frozenset({"change", "chg", "pct", "percent", "percentage"})
+# Columns of exchange candle files, whose plain volume counts coins (see the module docstring).
+_EXCHANGE_WORDS = frozenset(
+    {"count", "trades", "tradecount", "trade count", "number of trades", "num trades", "vwap"}
+)
+_COINBASE_CANDLES = ("time", "low", "high", "open", "close", "volume")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,18 @@ class HeaderMapping:
     def has(self, *fields: str) -> bool:
         return all(name in self.columns for name in fields)
 
+    def without(self, field_name: str) -> HeaderMapping:
+        """The mapping with `field_name` left unmapped (its header then goes to `extra`)."""
+        header = self.columns.get(field_name)
+        if header is None:
+            return self
+        matches = tuple(
+            ColumnMatch(m.header, m.field, m.confidence, False) if m.header == header else m
+            for m in self.matches
+        )
+        columns = {f: h for f, h in self.columns.items() if f != field_name}
+        return replace(self, columns=columns, matches=matches)
+
 
 def normalize_header(text: str) -> str:
     """'Close Price (USD)' -> 'close price usd'; camelCase is split, punctuation becomes spaces."""
@@ -91,11 +117,21 @@ def normalize_header(text: str) -> str:
 def map_headers(headers: tuple[str, ...]) -> HeaderMapping:
     """Map each header onto at most one canonical field."""
     tokens = [normalize_header(header).split() for header in headers]
-    volume = [(h, _volume_kind(t)) for h, t in zip(headers, tokens, strict=True) if _is_volume(t)]
+    percent = [_is_percent(h, t) for h, t in zip(headers, tokens, strict=True)]
+    base_plain = _plain_volume_is_base(tokens, any(percent))
+    volume = [
+        (h, "base" if kind == "plain" and base_plain else kind)
+        for h, t, is_percent in zip(headers, tokens, percent, strict=True)
+        if _is_volume(t) and not is_percent
+        for kind in [_volume_kind(t)]
+    ]
     scored: list[tuple[str, dict[str, float]]] = []
     non_usd: list[str] = []
-    for header, words in zip(headers, tokens, strict=True):
-        scores, refused = _field_scores(words) if not _is_volume(words) else ({}, False)
+    for header, words, is_percent in zip(headers, tokens, percent, strict=True):
+        if is_percent or _is_volume(words):
+            scored.append((header, {}))
+            continue
+        scores, refused = _field_scores(words)
         scored.append((header, scores))
         if refused:
             non_usd.append(header)
@@ -162,6 +198,16 @@ def _assign(
 
 def _is_volume(words: list[str]) -> bool:
     return any(word in _VOLUME_WORDS for word in words)
+
+
+def _is_percent(header: str, words: list[str]) -> bool:
+    return "%" in header or not _PERCENT_WORDS.isdisjoint(words)
+
+
+def _plain_volume_is_base(tokens: list[list[str]], has_percent: bool) -> bool:
+    """Whether a plain "volume" of these headers counts coins (see the module docstring)."""
+    names = [" ".join(words) for words in tokens]
+    return has_percent or not _EXCHANGE_WORDS.isdisjoint(names) or tuple(names) == _COINBASE_CANDLES
 
 
 def _volume_kind(words: list[str]) -> str:

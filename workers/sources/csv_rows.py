@@ -1,29 +1,50 @@
 """One CSV row (header -> raw string) into a PriceRecord, with the file's layout precomputed.
 
-A `RowParser` is built once per file layout, so a row costs dictionary look-ups and the
-normalize coercions, never header matching. Assets are cached per distinct symbol/name pair.
+A `RowParser` is built once per file layout, so a row costs dictionary look-ups and the cell
+conversions of csv_values, never header matching. Assets are cached per distinct symbol/name pair.
+
+What a bad row costs:
+- no time, no price, a price that is not a positive number, a time later than now +
+  FUTURE_TOLERANCE, or no coin: the row is refused (RecordError; the pipeline quarantines it with
+  the message as its reason);
+- a bad optional number (open, high, low, volume or market cap that is not a number, negative,
+  or has a control character inside): the price is kept with that field null, and the problem
+  is recorded in the price's `extra` under PROBLEMS_KEY, by the file's header:
+  `{"_problems": {"Volume": "'abc' is not a number"}}`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from workers.pipeline.normalize import clean_text, to_decimal, to_utc
 from workers.sources.base import PriceRecord, RecordError
 from workers.sources.csv_columns import USD_QUOTES
-from workers.sources.csv_layout import CsvLayout, split_pair
+from workers.sources.csv_layout import CsvLayout, coin_symbol, split_pair
+from workers.sources.csv_values import (
+    NumberParser,
+    cell_decimal,
+    clean_cell,
+    comma_decimal,
+    shown,
+    time_parser,
+)
 
 OPTIONAL_FIELDS = ("open_usd", "high_usd", "low_usd", "volume_24h_usd", "market_cap_usd")
+# Rows dated later than now + this are refused: clocks and time zones differ by hours, not days.
+FUTURE_TOLERANCE = timedelta(days=1)
+PROBLEMS_KEY = "_problems"
+# The payload of a line the csv module could not read (a field over its size limit): the reason.
+UNREADABLE_KEY = "_unreadable"
 _ASSET_CACHE_LIMIT = 100_000
 # The fields every record is given (PriceRecord(**fields) marks them set), besides the optional
 # numbers the file has a column for.
 _GIVEN_FIELDS = frozenset(
     {"source_asset_id", "symbol", "name", "observed_at", "price_usd", "extra"}
 )
+_CONVERSION_ERRORS = (ValueError, ArithmeticError, TypeError)
 
 
 class RowAsset(NamedTuple):
@@ -39,36 +60,6 @@ def source_asset_id(symbol: str | None, name: str | None) -> str:
     if symbol and slug:
         return f"{symbol}:{slug}"
     return symbol or slug
-
-
-def cell_decimal(value: object, *, field: str = "value") -> Decimal | None:
-    """to_decimal, with a fast path for a cell that is a plain finite number."""
-    if type(value) is str:
-        try:
-            result = Decimal(value)
-        except InvalidOperation:
-            return to_decimal(value, field=field)
-        if result.is_finite():
-            return result
-    return to_decimal(value, field=field)
-
-
-def comma_decimal(value: object, *, field: str = "value") -> Decimal | None:
-    """to_decimal for '1.234,56' style numbers."""
-    if isinstance(value, str):
-        value = value.replace(".", "").replace(",", ".")
-    return to_decimal(value, field=field)
-
-
-def cell_time(value: object, *, field: str = "time") -> datetime | None:
-    """to_utc with naive times as UTC, with a fast path for ISO-8601 cells ("2013-04-29 ...")."""
-    if type(value) is str and value[4:5] == "-":
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return to_utc(value, field=field, naive_is_utc=True)
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    return to_utc(value, field=field, naive_is_utc=True)
 
 
 def validated_record(fields: dict[str, Any], fields_set: set[str]) -> PriceRecord:
@@ -102,7 +93,7 @@ _CONSTRUCTIBLE = not (
 class RowParser:
     """Parses the rows of files that share one layout."""
 
-    def __init__(self, layout: CsvLayout) -> None:
+    def __init__(self, layout: CsvLayout, *, now: datetime | None = None) -> None:
         columns = layout.columns
         self.layout = layout
         self.width = len(layout.headers)
@@ -112,9 +103,10 @@ class RowParser:
         self.symbol_key = columns.get("symbol")
         self.name_key = columns.get("name")
         self.extra_keys = layout.extra_headers
-        self.number: Callable[..., Decimal | None] = (
-            comma_decimal if layout.decimal_comma else cell_decimal
-        )
+        self.number: NumberParser = comma_decimal if layout.decimal_comma else cell_decimal
+        self.time = time_parser(layout.time_format)
+        # The latest time a row may have; fixed per file read (a run reads a file in minutes).
+        self.latest = (now or datetime.now(UTC)) + FUTURE_TOLERANCE
         self.base_extra: dict[str, Any] = {}
         if len(layout.mapping.volume_candidates) > 1 and "volume_24h_usd" in columns:
             self.base_extra["volume_column"] = columns["volume_24h_usd"]
@@ -126,7 +118,11 @@ class RowParser:
         get = payload.get
         if len(payload) > self.width:
             raise RecordError(f"row has {len(payload)} cells, the header has {self.width}")
-        asset = self._asset(payload)
+        try:
+            asset = self._asset(payload)
+        except RecordError:
+            refuse_unreadable(payload)
+            raise
         fields: dict[str, Any] = {
             "source_asset_id": asset.source_asset_id,
             "symbol": asset.symbol,
@@ -140,33 +136,53 @@ class RowParser:
             "low_usd": None,
             "extra": None,
         }
-        self._values(get, fields)
+        problems = self._values(payload, fields)
         extra = {key: value for key in self.extra_keys if (value := get(key))}
         if self.base_extra:
             extra.update(self.base_extra)
         if asset.quote:
             extra["quote"] = asset.quote
+        if problems:
+            extra[PROBLEMS_KEY] = problems
         fields["extra"] = extra
         return validated_record(fields, set(self._fields_set))
 
-    def _values(self, get: Callable[[str], Any], fields: dict[str, Any]) -> None:
-        """The time, the price and the optional numbers of the row into `fields`."""
-        number = self.number
+    def _values(self, payload: Mapping[str, Any], fields: dict[str, Any]) -> dict[str, str] | None:
+        """The row's time, price and optional numbers into `fields`. RecordError when the time
+        or the price is missing or bad; a bad optional number stays null, its problem returned
+        (by header)."""
+        get, time_key, price_key, number = payload.get, self.time_key, self.price_key, self.number
         try:
-            observed = fields["observed_at"] = cell_time(get(self.time_key), field=self.time_key)
-            price = fields["price_usd"] = number(get(self.price_key), field=self.price_key)
-            for field_name, key in self.optional:
-                value = fields[field_name] = number(get(key), field=key)
-                if value is not None and value < 0:
-                    raise RecordError(f"{key}: {value} is negative")
-        except ValueError as exc:
+            observed = fields["observed_at"] = self.time(get(time_key), time_key)
+            price = fields["price_usd"] = number(get(price_key), field=price_key)
+        except _CONVERSION_ERRORS as exc:
             raise RecordError(str(exc)) from None
         if observed is None:
-            raise RecordError(f"{self.time_key}: no time ({get(self.time_key)!r})")
+            refuse_unreadable(payload)
+            raise RecordError(f"{time_key}: no time ({shown(get(time_key))})")
+        if observed > self.latest:
+            raise RecordError(
+                f"{time_key}: {observed.isoformat()} is in the future (later than now + "
+                f"{FUTURE_TOLERANCE.days} day)"
+            )
         if price is None:
-            raise RecordError(f"{self.price_key}: no price ({get(self.price_key)!r})")
-        if price <= 0:
-            raise RecordError(f"{self.price_key}: price {price} is not positive")
+            raise RecordError(f"{price_key}: no price ({shown(get(price_key))})")
+        if price.is_signed() or not price:
+            raise RecordError(f"{price_key}: price {price} is not positive")
+        problems: dict[str, str] | None = None
+        for field_name, key in self.optional:
+            try:
+                value = number(get(key), field=key)
+            except _CONVERSION_ERRORS as exc:
+                problems = problems or {}
+                problems[key] = str(exc).removeprefix(f"{key}: ")
+                continue
+            if value is not None and value.is_signed() and value:
+                problems = problems or {}
+                problems[key] = f"{value} is negative"
+                continue
+            fields[field_name] = value
+        return problems
 
     def _asset(self, payload: Mapping[str, Any]) -> RowAsset:
         key = (
@@ -182,20 +198,47 @@ class RowParser:
             raise RecordError(found)
         return found
 
-    def _resolve(self, raw_symbol: str | None, raw_name: str | None) -> RowAsset | str:
-        """The row's coin, or the reason it has none."""
+    def _resolve(self, raw_symbol: object, raw_name: object) -> RowAsset | str:
+        """The row's coin, or the reason it has none. A name that is a number is an id, not a
+        coin's name; a row that names no coin is the file name's coin, when it names one."""
         layout = self.layout
         if layout.asset is not None:  # the file has no symbol/name column
             symbol, name, quote = layout.asset.symbol, layout.asset.name, layout.asset.quote
         else:
-            symbol, name, quote = clean_text(raw_symbol), clean_text(raw_name), layout.quote
+            try:
+                symbol = _text(raw_symbol, self.symbol_key)
+                name = _text(raw_name, self.name_key)
+            except ValueError as exc:
+                return str(exc)
+            quote = layout.quote
+            if name is not None and name.isdigit():
+                name = None
             if symbol is None and name is None:
-                columns = [k for k in (self.symbol_key, self.name_key) if k]
-                return f"no asset: {' and '.join(columns)} empty"
+                fallback = layout.file_asset
+                if fallback is None:
+                    columns = [k for k in (self.symbol_key, self.name_key) if k]
+                    return f"no asset: {' and '.join(columns)} empty"
+                symbol, name = fallback.symbol, fallback.name
+                quote = quote or fallback.quote
         if symbol is not None:
             symbol, pair_quote = split_pair(symbol, layout.quote)
             if pair_quote is not None and pair_quote not in USD_QUOTES:
                 return f"{raw_symbol}: quoted in {pair_quote}, not USD"
+            symbol = coin_symbol(symbol)
             quote = pair_quote or quote
         quote = None if quote in (None, "USD") else quote
         return RowAsset(source_asset_id(symbol, name), symbol, name, quote)
+
+
+def _text(value: object, field: str | None) -> str | None:
+    """A symbol or name cell without edge whitespace and control characters; None when empty."""
+    if value is None:
+        return None
+    text = clean_cell(str(value), field=field or "value")
+    return text or None
+
+
+def refuse_unreadable(payload: Mapping[str, Any]) -> None:
+    """RecordError with the reason for the item of a line the csv module could not read."""
+    if UNREADABLE_KEY in payload and len(payload) == 1:
+        raise RecordError(str(payload[UNREADABLE_KEY]))

@@ -37,6 +37,8 @@ from tests.support.seed import seed_assets, seed_prices, seed_run
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 SOURCES = ("coingecko", "coinpaprika", "csv")
+# CSV datasets: the drawn `csv` names its family (csv:kaggle, csv:yahoo and rows stored as csv).
+DATASETS = ("csv:kaggle", "csv:yahoo")
 
 # Decimals as the sources send them: tiny (which str() would write as 1.23E-7), huge, trailing
 # zeros, integral.
@@ -68,6 +70,10 @@ async def _seed(engine: AsyncEngine) -> None:
         # Ties on observed_at across assets and sources: where keyset order matters.
         at = T0 + timedelta(minutes=37 * (n // 3), microseconds=(n % 2) * 1500)
         rows.append((ids[slug], SOURCES[n % 3], at, PRICES[n % len(PRICES)]))
+    for n in range(24):  # two providers' files of the same coins at the same times
+        slug = ("bitcoin", "uniswap", "universe")[n % 3]
+        at = T0 + timedelta(minutes=37 * (n // 6))
+        rows.append((ids[slug], DATASETS[n % 2], at, PRICES[(n + n // 2) % len(PRICES)]))
     await seed_prices(engine, rows)
     async with engine.begin() as conn:
         # Provenance and nullable columns: a run, an origin, an update, and no market data.
@@ -211,6 +217,13 @@ HOT = [
          observations sources } }""",
     """query Q { assets(first: 2) { edges { cursor node { id symbol name slug } }
          pageInfo { hasNextPage endCursor } totalCount } }""",
+    """query Q($s: String!) { a: prices(first: 9, filter: {sources: ["csv"]}) {
+         nodes { source observedAt priceUsd } totalCount }
+       b: prices(first: 5, filter: {symbols: [$s], sources: ["csv:yahoo", "coinpaprika"]}) {
+         edges { cursor node { source priceUsd } } }
+       latestPrices(sources: ["csv", "csv:nobody"]) { symbol source priceUsd } }""",
+    """query Q { candles(symbol: "BTC", interval: HOUR, from: "2024-02-28T00:00:00Z",
+         to: "2024-03-03T00:00:00Z", source: "csv") { bucketStart close observations sources } }""",
 ]
 
 

@@ -400,7 +400,7 @@ async def test_a_csv_ingest_killed_at_random_instants_loses_and_doubles_nothing(
     rng = random.Random(SEED)
 
     async def covered_rows_are_stored(engine: AsyncEngine) -> None:
-        state = (await checkpoint_state(engine, "csv")).get(stream)
+        state = (await checkpoint_state(engine, "csv:kaggle")).get(stream)
         covered = 0 if state is None else state["line"] - 1  # line 1 is the header
         stored = await scalar(engine, select(func.count()).select_from(prices))
         assert stored == covered, "the checkpoint and the committed prices disagree"
@@ -430,12 +430,13 @@ async def test_a_csv_ingest_killed_at_random_instants_loses_and_doubles_nothing(
         await assert_same_prices(crashed, reference, CSV_ROWS)
         await covered_rows_are_stored(crashed)
         assert await raw_item_count(crashed) == CSV_ROWS  # every row stored raw exactly once
-        state = await checkpoint_state(crashed, "csv")
-        assert state == await checkpoint_state(reference, "csv")
+        # Kept under the file's dataset (a Kaggle layout).
+        state = await checkpoint_state(crashed, "csv:kaggle")
+        assert state == await checkpoint_state(reference, "csv:kaggle")
         assert state[stream]["offset"] == csv_file.stat().st_size
         assert state[stream]["line"] == CSV_ROWS + 1
         all_runs = await runs(crashed)
-        assert all_runs[-1].checkpoint_after == state
+        assert all_runs[-1].checkpoint_after == {f"csv:kaggle {stream}": state[stream]}
         minimum = CSV_KILLS - CSV_KILLS // ANYWHERE_EVERY - 2
         assert_runs_ended_properly(all_runs, interrupted, minimum)
 

@@ -79,9 +79,12 @@ async def stored_closes(engine: AsyncEngine) -> dict[tuple[str, datetime], Decim
 
 
 async def csv_checkpoints(engine: AsyncEngine) -> dict[str, dict[str, Any]]:
+    """The checkpoints of CSV files (kept under each file's dataset, csv:<dataset>), by file."""
     async with engine.connect() as conn:
         rows = await conn.execute(
-            select(checkpoints.c.stream, checkpoints.c.state).where(checkpoints.c.source == "csv")
+            select(checkpoints.c.stream, checkpoints.c.state).where(
+                checkpoints.c.source.startswith("csv:")
+            )
         )
         return {stream: dict(state) for stream, state in rows}
 
@@ -181,7 +184,7 @@ async def test_null_rows_are_quarantined_with_their_reason_and_the_rest_load(
     async with engine.connect() as conn:
         (row,) = (await conn.execute(select(quarantine))).all()
         run = (await conn.execute(select(etl_runs))).one()
-    assert row.source == "csv"
+    assert row.source == "csv:yahoo"  # the file's dataset
     assert row.origin.endswith("BTC-USD.csv:3")
     assert "Close" in row.reason
     assert "no price" in row.reason

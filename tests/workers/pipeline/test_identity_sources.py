@@ -1,6 +1,6 @@
 """Identity across sources, end to end: one coin from CoinGecko, CoinPaprika and a CSV file is ONE
-asset; a symbol alone never merges (its own asset, reported with the run); coins that share a
-symbol stay apart. On SQLite and PostgreSQL."""
+asset; a bare symbol joins the one coin it names (symbol-inferred); coins that share a symbol
+stay apart (their own asset, reported with the run). On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -109,12 +109,18 @@ async def test_bitcoin_from_three_sources_is_one_asset_with_three_aliases(
         ("coinpaprika", "btc-bitcoin"),
         ("csv", "BTC:bitcoin"),
     ]
-    assert await price_sources_of(engine, btc.id) == {"coingecko": 1, "coinpaprika": 1, "csv": 3}
+    # The file's prices are stored under its dataset; its coin is aliased under the family.
+    assert await price_sources_of(engine, btc.id) == {
+        "coingecko": 1,
+        "coinpaprika": 1,
+        "csv:kaggle": 3,
+    }
     for result in results:  # a name and symbol that agree are no ambiguity
-        assert await run_details(engine, result.run_id) is None
+        details = await run_details(engine, result.run_id)
+        assert details == ({"datasets": ["csv:kaggle"]} if result.source == "csv" else None)
 
 
-async def test_a_symbol_only_file_becomes_its_own_asset_and_is_reported(
+async def test_a_symbol_only_file_joins_the_one_coin_its_symbol_names(
     runtime: Runtime, engine: AsyncEngine, tmp_path: Path
 ) -> None:
     await ingest_all(
@@ -126,26 +132,31 @@ async def test_a_symbol_only_file_becomes_its_own_asset_and_is_reported(
     yahoo = await run(runtime, "csv", yahoo_file(tmp_path / "BTC-USD.csv"))
 
     assert yahoo.status == "succeeded"
-    bitcoin, symbol_only = await assets_with_symbol(engine, "BTC")
-    assert await aliases_of(engine, symbol_only.id) == [("csv", "BTC")]
-    assert await price_sources_of(engine, symbol_only.id) == {"csv": 2}
-    assert len(await aliases_of(engine, bitcoin.id)) == 3  # nothing was merged into Bitcoin
+    (bitcoin,) = await assets_with_symbol(engine, "BTC")  # no second, symbol-only asset
+    assert sorted(await aliases_of(engine, bitcoin.id)) == [
+        ("coingecko", "bitcoin"),
+        ("coinpaprika", "btc-bitcoin"),
+        ("csv", "BTC"),
+        ("csv", "BTC:bitcoin"),
+    ]
     assert await price_sources_of(engine, bitcoin.id) == {
         "coingecko": 1,
         "coinpaprika": 1,
-        "csv": 3,
+        "csv:kaggle": 3,
+        "csv:yahoo": 2,
     }
     async with engine.connect() as conn:
-        resolution = await conn.scalar(
-            select(asset_aliases.c.resolution).where(asset_aliases.c.asset_id == symbol_only.id)
-        )
-    assert resolution == "ambiguous"
+        resolution, confidence = (
+            await conn.execute(
+                select(asset_aliases.c.resolution, asset_aliases.c.confidence).where(
+                    asset_aliases.c.source == "csv", asset_aliases.c.source_asset_id == "BTC"
+                )
+            )
+        ).one()
+    assert resolution == "symbol-inferred"  # the only asset with that symbol, at less than 1
+    assert 0.5 < confidence < 1
     details = await run_details(engine, yahoo.run_id)
-    assert details == {
-        "ambiguous": [
-            {"source_asset_id": "BTC", "symbol": "BTC", "name": None, "asset_id": symbol_only.id}
-        ]
-    }
+    assert details == {"datasets": ["csv:yahoo"]}  # inferred, not ambiguous: nothing reported
 
 
 async def test_two_coins_called_one_stay_two_assets_across_sources(
@@ -181,7 +192,7 @@ async def test_two_coins_called_one_stay_two_assets_across_sources(
         assert await price_sources_of(engine, asset.id) == {
             "coingecko": 1,
             "coinpaprika": 1,
-            "csv": 3,
+            "csv:kaggle": 3,
         }
     # The second "ONE" matched the first only by symbol: kept apart, and reported.
     reported = await run_details(engine, results[0].run_id)

@@ -40,9 +40,11 @@ async def prices_of(engine: AsyncEngine, asset_id: int) -> list[str]:
 
 @pytest.fixture
 def wrapped_coins(fake: FakeUpstream) -> None:
-    """CoinPaprika names the coin differently: the resolver cannot join them by itself."""
+    """CoinPaprika names the coin differently and its price is stale (far from CoinGecko's): the
+    resolver cannot join them by itself (at the same price they would join on market
+    agreement)."""
     fake.coins[:] = [market_coin("matic-network", "pol", "POL (ex-MATIC)", 0.5)]
-    fake.tickers[:] = [ticker("matic-polygon", "POL", "Polygon", 0.5)]
+    fake.tickers[:] = [ticker("matic-polygon", "POL", "Polygon", 0.9)]
 
 
 @pytest.mark.usefixtures("wrapped_coins")

@@ -139,7 +139,14 @@ async def test_a_real_csv_file_ingests_with_every_row_accounted_for(
     for row in left["quarantine"]:
         assert row.origin.startswith(f"{path}:")
         assert row.payload in left["raw_items"]
-    assert left["run"].checkpoint_after[str(path.resolve())]["offset"] == path.stat().st_size
+    # Stored under the dataset of the provider the fixture is named after (csv_<provider>_...),
+    # the checkpoint too: kept per dataset and file.
+    provider = path.name.split("_")[1]
+    ((key, state),) = left["run"].checkpoint_after.items()
+    assert key.startswith(f"csv:{provider}")
+    assert key.endswith(f" {path.resolve()}")
+    assert state["offset"] == path.stat().st_size
+    assert left["run"].details["datasets"] == [key.partition(" ")[0]]
 
 
 # ---- CoinGecko and CoinPaprika price payloads ----

@@ -153,11 +153,12 @@ async def test_the_median_is_taken_over_every_other_observation_in_the_window(
 
     divergent = await anomaly_rows(engine, "price_divergence")
     by_source = {a.source: a for a in divergent}
-    assert set(by_source) == {"csv", "coinpaprika"}
-    assert by_source["csv"].value == Decimal(200000)  # against CoinGecko's 63000.5
+    # The file's prices are stored under its dataset (named from the file: prices.csv).
+    assert set(by_source) == {"csv:prices", "coinpaprika"}
+    assert by_source["csv:prices"].value == Decimal(200000)  # against CoinGecko's 63000.5
     paprika = by_source["coinpaprika"]
     assert paprika.expected == Decimal("62000.25")  # median of 60000, 61000, 63000.5, 200000
-    assert paprika.detail["sources"] == ["coingecko", "csv"]
+    assert paprika.detail["sources"] == ["coingecko", "csv:prices"]
     assert paprika.detail["observations"] == 4
 
 

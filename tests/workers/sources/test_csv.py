@@ -372,16 +372,18 @@ async def test_bad_rows_are_rejected_one_by_one(tmp_path: Path) -> None:
     )
     result = await read_one(write(tmp_path, "BTC-USD.csv", text))
     assert len(result.items) == len(result.records) + len(result.rejected) == 8
-    assert result.prices == [Decimal(1), Decimal(8)]
+    assert result.prices == [Decimal(1), Decimal(1), Decimal(8)]
     reasons = [reason for _, reason in result.rejected]
     assert "'not a date' is not a recognised time" in reasons[0]
     assert "'abc' is not a number" in reasons[1]
     assert reasons[2] == "Close: no price ('')"
-    assert reasons[3] == "Volume: -2 is negative"
-    assert "not positive" in reasons[4]
-    assert reasons[5] == "row has 4 cells, the header has 3"
-    assert result.rejected[5][0].payload["column 4"] == "surplus"
-    assert result.records[1][0].origin.endswith(":12")
+    assert "not positive" in reasons[3]
+    assert reasons[4] == "row has 4 cells, the header has 3"
+    assert result.rejected[4][0].payload["column 4"] == "surplus"
+    negative = result.records[1][1]  # a bad optional number costs only itself
+    assert negative.volume_24h_usd is None
+    assert negative.extra["_problems"] == {"Volume": "-2 is negative"}
+    assert result.records[2][0].origin.endswith(":12")
 
 
 async def test_a_fresh_instance_parses_a_stored_item(tmp_path: Path) -> None:
@@ -422,7 +424,7 @@ def _days(count: int, *, start: int = 1, price: int = 100) -> str:
 
 
 def _checkpoints(result: Run) -> dict[str, Any]:
-    return {batch.stream: batch.checkpoint for batch in result.batches}
+    return {batch.checkpoint_key: batch.checkpoint for batch in result.batches}
 
 
 @pytest.mark.parametrize("stop_after", [1, 2, 3])
@@ -435,7 +437,8 @@ async def test_resuming_after_a_batch_reads_every_row_once(tmp_path: Path, stop_
         if len(first) == stop_after:
             break  # a crash after this batch committed
     assert first[-1].checkpoint["line"] == 1 + 3 * stop_after
-    rest = await run(CsvSource([str(path)], batch_size=3), {first[-1].stream: first[-1].checkpoint})
+    done = {first[-1].checkpoint_key: first[-1].checkpoint}
+    rest = await run(CsvSource([str(path)], batch_size=3), done)
     origins = [item.origin for batch in first for item in batch.items] + [
         item.origin for item in rest.items
     ]
