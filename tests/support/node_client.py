@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -52,7 +53,16 @@ def node_tools() -> tuple[str, str]:
 
 
 def install_node_packages(npm: str) -> None:
-    """`npm ci` in NODE_DIR unless node_modules was installed from this very lock file."""
+    """`npm ci` in NODE_DIR unless node_modules was installed from this very lock file.
+
+    Test processes running side by side (pytest-xdist) take turns on a file lock: one installs,
+    the others then find the stamp."""
+    with (NODE_DIR / ".install.lock").open("w") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        _install_node_packages(npm)
+
+
+def _install_node_packages(npm: str) -> None:
     lock = hashlib.sha256((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
     stamp = NODE_DIR / "node_modules" / ".installed-from-lock"
     if stamp.exists() and stamp.read_text() == lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -37,19 +37,62 @@ def _asyncpg_dsn(url: str) -> str:
 
 
 @asynccontextmanager
-async def temporary_postgres_database(admin_url: str) -> AsyncIterator[str]:
-    """Create a uniquely named database, yield its SQLAlchemy URL, drop it afterwards."""
+async def temporary_postgres_database(
+    admin_url: str, *, template: str | None = None
+) -> AsyncIterator[str]:
+    """Create a uniquely named database (a copy of the database `template` when given), yield
+    its SQLAlchemy URL, drop it afterwards."""
     name = f"kasparro_test_{uuid.uuid4().hex[:12]}"
+    admin = await _admin(admin_url)
     try:
-        admin = await asyncpg.connect(_asyncpg_dsn(admin_url), timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.fail(f"PostgreSQL at {admin_url} is unreachable ({exc}); {START_POSTGRES}")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        # WAL_LOG (the default): a FILE_COPY would checkpoint, flushing every test's writes.
+        copy = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{copy}')
         yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def postgres_template(
+    admin_url: str, key: str, build: Callable[[str], Awaitable[None]]
+) -> str:
+    """The name of a template database for `key` (e.g. a digest of the migrations), made once
+    with `build(url)` and kept on the server for later runs; templates of other keys are dropped.
+
+    Built under another name and renamed when complete, so a run that stops half-way, or two
+    runs building at once, never leave a half-built template under the final name."""
+    final = f"kasparro_template_{key}"
+    admin = await _admin(admin_url)
+    try:
+        if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", final):
+            return final
+        building = f"kasparro_building_{uuid.uuid4().hex[:12]}"
+        await admin.execute(f'CREATE DATABASE "{building}"')
+        try:
+            await build(make_url(admin_url).set(database=building).render_as_string(False))
+            await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{final}"')
+        except BaseException:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)')
+            if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", final):
+                raise
+        stale = await admin.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'kasparro\\_template\\_%'"
+            " AND datname <> $1",
+            final,
+        )
+        for row in stale:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+        return final
+    finally:
+        await admin.close()
+
+
+async def _admin(admin_url: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(_asyncpg_dsn(admin_url), timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL at {admin_url} is unreachable ({exc}); {START_POSTGRES}")
 
 
 @asynccontextmanager
