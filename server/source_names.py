@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
+from sqlalchemy import ColumnElement, or_
+
 MAX_SOURCE_LENGTH = 64
 SEPARATOR = ":"
 # Sources whose rows are stored per dataset.
@@ -73,3 +75,12 @@ def selects(names: Collection[str], source: str) -> bool:
 def families_in(names: Collection[str]) -> list[str]:
     """The family names among `names`, sorted."""
     return sorted(name for name in set(names) if name in FAMILIES)
+
+
+def stored_under(column: ColumnElement[str], names: Collection[str]) -> ColumnElement[bool]:
+    """SQL for rows stored under one of `names`, or under a dataset of a family among them
+    (`csv` -> `source IN ('csv') OR source LIKE 'csv:%'`)."""
+    chosen = sorted(set(names))
+    conditions: list[ColumnElement[bool]] = [column.in_(chosen)]
+    conditions += [column.startswith(family + SEPARATOR) for family in families_in(chosen)]
+    return or_(*conditions)

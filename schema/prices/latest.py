@@ -11,10 +11,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.source_names import SEPARATOR, families_in
+from server.source_names import stored_under
 from server.tables import assets, prices
 
 # `SELECT ... WHERE id IN (...)` in slices of this many ids (well under every driver's limit).
@@ -72,17 +72,6 @@ class PriceRow:
         return (self.symbol, self.asset_id, self.source)
 
 
-def source_condition(
-    names: Collection[str], column: ColumnElement[str] = prices.c.source
-) -> ColumnElement[bool]:
-    """Rows stored under one of `names`, or under a dataset of a family among them
-    (`csv` -> `source IN ('csv') OR source LIKE 'csv:%'`)."""
-    chosen = sorted(set(names))
-    conditions: list[ColumnElement[bool]] = [column.in_(chosen)]
-    conditions += [column.startswith(family + SEPARATOR) for family in families_in(chosen)]
-    return or_(*conditions)
-
-
 def sorted_rows(rows: Iterable[PriceRow]) -> list[PriceRow]:
     # Sorted here, not in SQL: PostgreSQL's collation would order symbols differently.
     return sorted(rows, key=lambda row: row.sort_key)
@@ -136,7 +125,7 @@ async def latest_rows(
             prices.c.asset_id.in_(select(assets.c.id).where(func.upper(assets.c.symbol).in_(upper)))
         )
     if sources is not None:
-        conditions.append(source_condition(sources))
+        conditions.append(stored_under(prices.c.source, sources))
     result = await conn.execute(newest_per_asset_and_source(*conditions))
     return sorted_rows(PriceRow.of(row) for row in result)
 

@@ -20,13 +20,13 @@ from strawberry.types import Info
 from schema.context import Context
 from schema.errors import ServiceUnavailable, UserError, graphql_error
 from schema.pagination import decode_cursor, parse_int
-from schema.prices.latest import ROW_COLUMNS, PriceRow, source_condition
+from schema.prices.latest import ROW_COLUMNS, PriceRow
 from schema.prices.query import validate_sources
 from schema.prices.types import INGEST_CURSOR, Price
 from server.live.hub import PriceCommit
 from server.live.streams import PRICES_TOPIC, Item, Stream
 from server.live.values import values
-from server.source_names import selects
+from server.source_names import selects, stored_under
 from server.tables import assets, prices
 
 # Rows per database read when replaying (and prices per replayed priceBatches message).
@@ -55,7 +55,7 @@ class PriceFilterSet:
         if self.symbols is not None:
             found.append(func.upper(assets.c.symbol).in_(sorted(self.symbols)))
         if self.sources is not None:
-            found.append(source_condition(self.sources))
+            found.append(stored_under(prices.c.source, self.sources))
         return found
 
 

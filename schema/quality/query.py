@@ -13,7 +13,6 @@ from strawberry.types import Info
 from schema.context import Context
 from schema.errors import UserError
 from schema.pagination import Keyset, PageArgs, PageInfo, fetch_page, parse_int, parse_time
-from schema.prices.latest import source_condition
 from schema.prices.query import validate_sources
 from schema.quality.quarantine import KIND_LIST, KIND_NAMES, kind_expression
 from schema.quality.types import (
@@ -28,6 +27,7 @@ from schema.quality.types import (
     QuarantineEdge,
 )
 from schema.runs.query import run_id as parse_run_id
+from server.source_names import stored_under
 from server.tables import anomalies, drift_events, quarantine
 
 
@@ -92,7 +92,7 @@ class Filters:
         found: list[ColumnElement[bool]] = []
         names = validate_sources(None if self.source is None else [self.source])
         if names is not None:  # a family's name (csv) takes its datasets (csv:yahoo)
-            found.append(source_condition(names, table.c.source))
+            found.append(stored_under(table.c.source, names))
         if self.run_id is not None:
             found.append(table.c.run_id == parse_run_id(self.run_id, argument="runId"))
         if self.kind is not None:

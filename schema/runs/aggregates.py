@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, extract, func, or_, select
+from sqlalchemy import case, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from strawberry.dataloader import DataLoader
 
-from server.source_names import SEPARATOR, families_in, family_of
+from server.source_names import family_of, stored_under
 from server.tables import assets, checkpoints, etl_runs, prices, quarantine
 
 # Runs that did their work (PARTIAL: some rows quarantined, the rest stored).
@@ -59,7 +59,7 @@ def source_loaders(engine: AsyncEngine) -> SourceLoaders:
     async def source_checkpoints(names: Sequence[str]) -> list[list[Any]]:
         query = (
             select(checkpoints)
-            .where(_of_sources(checkpoints.c.source, names))
+            .where(stored_under(checkpoints.c.source, names))
             .order_by(checkpoints.c.source, checkpoints.c.stream)
         )
         async with engine.connect() as conn:
@@ -81,7 +81,7 @@ def source_loaders(engine: AsyncEngine) -> SourceLoaders:
 async def _counts(engine: AsyncEngine, table: Any, names: Sequence[str]) -> list[int]:
     query = (
         select(table.c.source, func.count())
-        .where(_of_sources(table.c.source, names))
+        .where(stored_under(table.c.source, names))
         .group_by(table.c.source)
     )
     counts: dict[str, int] = defaultdict(int)
@@ -90,12 +90,6 @@ async def _counts(engine: AsyncEngine, table: Any, names: Sequence[str]) -> list
             for name in _selected_by(source, names):
                 counts[name] += int(count)
     return [counts.get(name, 0) for name in names]
-
-
-def _of_sources(column: Any, names: Sequence[str]) -> Any:
-    """Rows stored under one of `names` or under a dataset of a family among them."""
-    families = [column.startswith(family + SEPARATOR) for family in families_in(names)]
-    return or_(column.in_(names), *families)
 
 
 def _selected_by(source: str, names: Sequence[str]) -> list[str]:

@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from server.source_names import stored_under
 from server.tables import checkpoints, etl_runs, prices, quarantine, raw_records
 from workers.pipeline.identity import CoinRef, IdentityResolver, Resolved
 from workers.quality.anomalies import AnomalyRules
@@ -589,12 +590,10 @@ def _event(
 async def load_checkpoints(conn: AsyncConnection, source: str) -> dict[str, dict[str, Any]]:
     """Checkpoint key -> state for every checkpoint of `source` and of its datasets
     (`Batch.checkpoint_key`: the stream, after the dataset's source for a dataset's)."""
-    family = or_(
-        checkpoints.c.source == source,
-        checkpoints.c.source.startswith(source + ":", autoescape=True),
-    )
     rows = await conn.execute(
-        select(checkpoints.c.source, checkpoints.c.stream, checkpoints.c.state).where(family)
+        select(checkpoints.c.source, checkpoints.c.stream, checkpoints.c.state).where(
+            stored_under(checkpoints.c.source, [source])
+        )
     )
     return {
         checkpoint_key("" if stored == source else stored, stream): dict(state)
