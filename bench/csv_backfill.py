@@ -64,7 +64,7 @@ START = datetime(2015, 1, 1, tzinfo=UTC)
 CHECK_SQL = (
     "SELECT count(*), count(DISTINCT asset_id), sum(price_usd), sum(open_usd), sum(high_usd),"
     " sum(low_usd), sum(volume_24h_usd), sum(market_cap_usd), min(observed_at), max(observed_at),"
-    " count(extra), count(origin) FROM prices"
+    " count(extra), count(origin), array_agg(DISTINCT source) FROM prices"
 )
 
 
@@ -138,6 +138,10 @@ def generate_rows(total: int, coin_list: list[Coin], seed: int) -> Iterator[tupl
             yield coin, cells
 
 
+# The source the pipeline stores the file's rows under (its Kaggle layout names the dataset).
+SOURCE = "csv:kaggle"
+
+
 def write_files(directory: Path, total: int, coin_count: int, seed: int) -> tuple[Path, Path]:
     """The source CSV and the same rows in the prices table's shape (for \\copy)."""
     source = directory / "kaggle_all_coins.csv"
@@ -152,7 +156,7 @@ def write_files(directory: Path, total: int, coin_count: int, seed: int) -> tupl
             sno, _, _, date, high, low, open_, close, volume, cap = cells
             extra = json.dumps({"SNo": sno})
             origin = f"{source}:{line}"
-            shaped = (coin.asset_id, "csv", f"{date}+00", close, cap, volume, open_, high, low)
+            shaped = (coin.asset_id, SOURCE, f"{date}+00", close, cap, volume, open_, high, low)
             dst_writer.writerow((*shaped, extra, 1, 1, origin))
     return source, table
 
@@ -223,7 +227,7 @@ async def measure_copy(url: str, table_file: Path, coin_count: int) -> float:
         )
         await conn.execute(
             "INSERT INTO raw_records (id, run_id, source, origin, content_hash, payload)"
-            " VALUES (1, 1, 'csv', 'bench', '', '{}')"
+            f" VALUES (1, 1, '{SOURCE}', 'bench', '', '{{}}')"
         )
     finally:
         await conn.close()
