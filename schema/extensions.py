@@ -11,6 +11,7 @@ from graphql import GraphQLError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import InvalidOperationTypeError
 
 from schema.errors import ServiceUnavailable, UserError
 from server.broker import BrokerUnavailable
@@ -70,10 +71,16 @@ def classify_error(error: GraphQLError) -> GraphQLError:
     if original is None or (
         error.path is None and isinstance(original, ValueError | TypeError | GraphQLError)
     ):
-        # Parsing, validation and variable coercion: the client's request, not our code.
-        return _with_code(error, _validation_code(error.message))
+        # Parsing, validation and variable coercion: the client's request, not our code. An
+        # error made with its code (the limits, the cost) keeps it.
+        code = (error.extensions or {}).get("code")
+        return _with_code(error, code if isinstance(code, str) else _validation_code(error.message))
     if isinstance(original, UserError):
         return _with_code(error, original.code, **original.extensions)
+    if isinstance(original, InvalidOperationTypeError):
+        # A query or mutation sent as a stream (multipart, server-sent events): the client's.
+        reason = original.as_http_error_reason("a subscription stream")
+        return _replace(error, f"{reason}: send them as a plain POST or GET", "BAD_REQUEST")
     if _is_unavailable(original):
         log.warning("dependency unavailable", error=str(original).splitlines()[0][:200])
         unavailable = ServiceUnavailable(
@@ -95,12 +102,31 @@ def _validation_code(message: str) -> str:
     return "GRAPHQL_VALIDATION_FAILED"
 
 
+# SQLSTATEs of a database that cannot serve now but will: class 08 (connection exception),
+# shutting down or starting up (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect
+# now: "the database system is shutting down" / "is starting up"), too many connections (53300).
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
 def _is_unavailable(error: BaseException) -> bool:
-    if isinstance(error, OperationalError | PoolTimeout | BrokerUnavailable | ConnectionError):
-        return True
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
-        return True
-    return isinstance(error, OSError)
+    """Whether `error` says the database or the broker cannot serve now (a retry may succeed):
+    the error itself, or any error it wraps (SQLAlchemy's `orig`, the driver's cause)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(
+            current, OperationalError | PoolTimeout | BrokerUnavailable | ConnectionError | OSError
+        ):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        state = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(state, str) and (state.startswith("08") or state in _UNAVAILABLE_SQLSTATES):
+            return True
+        wrapped = getattr(current, "orig", None) if isinstance(current, DBAPIError) else None
+        current = wrapped if isinstance(wrapped, BaseException) else current.__cause__
+    return False
 
 
 def _with_code(error: GraphQLError, code: str, **extra: Any) -> GraphQLError:

@@ -15,7 +15,7 @@ import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import strawberry
@@ -130,14 +130,31 @@ def _json_string(text: str) -> str:
     return json.dumps(text)
 
 
+# Longer than any cursor this API writes (a kind, a time, an id, a symbol).
+MAX_CURSOR_LENGTH = 512
+INT64 = (-(2**63), 2**63 - 1)
+INT32 = (-(2**31), 2**31 - 1)
+
+_DECODER = json.JSONDecoder()
+_SPACE = frozenset(" \t\n\r")
+
+
 def decode_cursor(kind: str, cursor: str, types: Sequence[Callable[[Any], Any]]) -> tuple[Any, ...]:
-    """The key inside `cursor`, checked to belong to `kind` and to have the right types."""
+    """The key inside `cursor`, checked to belong to `kind` and to have the right types.
+
+    The text is bounded (MAX_CURSOR_LENGTH) and read flat: a cursor is one array of scalars,
+    so a nested array or an object is refused where it starts, whatever its depth."""
+    if len(cursor) > MAX_CURSOR_LENGTH:
+        raise InvalidCursor(
+            f"a cursor of {len(cursor)} characters is not a cursor of this API "
+            f"(they are at most {MAX_CURSOR_LENGTH})"
+        )
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        data = _flat_array(base64.urlsafe_b64decode(padded.encode()).decode())
+    except (ValueError, binascii.Error, UnicodeError):
         raise InvalidCursor(f"cursor {cursor!r} is not a cursor of this API") from None
-    if not isinstance(data, list) or not data or data[0] != kind:
+    if not data or data[0] != kind:
         raise InvalidCursor(
             f"cursor {cursor!r} belongs to another connection or ordering; "
             "use a cursor from this connection with the same orderBy"
@@ -147,20 +164,79 @@ def decode_cursor(kind: str, cursor: str, types: Sequence[Callable[[Any], Any]])
         raise InvalidCursor(f"cursor {cursor!r} is malformed")
     try:
         return tuple(convert(value) for convert, value in zip(types, values, strict=True))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidCursor(f"cursor {cursor!r} is malformed") from None
 
 
+def _flat_array(text: str) -> list[Any]:
+    """The JSON array of scalars `text` holds; ValueError for anything else (no recursion)."""
+    end = len(text)
+
+    def skip(at: int) -> int:
+        while at < end and text[at] in _SPACE:
+            at += 1
+        return at
+
+    at = skip(0)
+    if at >= end or text[at] != "[":
+        raise ValueError("not an array")
+    items: list[Any] = []
+    at = skip(at + 1)
+    if at < end and text[at] == "]":
+        at += 1
+    else:
+        while True:
+            if at >= end or text[at] in "[{":
+                raise ValueError("not a flat array of scalars")
+            value, at = _DECODER.raw_decode(text, at)
+            items.append(value)
+            at = skip(at)
+            if at < end and text[at] == ",":
+                at = skip(at + 1)
+                continue
+            if at < end and text[at] == "]":
+                at += 1
+                break
+            raise ValueError("not an array")
+    if skip(at) != end:
+        raise ValueError("text after the array")
+    return items
+
+
 def parse_time(value: Any) -> datetime:
+    """An aware time, one that UTC can express (a database compares it in UTC)."""
     parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValueError("naive time in cursor")
+    parsed.astimezone(UTC)  # OverflowError near year 1 or 9999
     return parsed
 
 
 def parse_int(value: Any) -> int:
+    """An integer a BIGINT column holds."""
+    return _bounded_int(value, INT64)
+
+
+def parse_int32(value: Any) -> int:
+    """An integer an INTEGER column holds."""
+    return _bounded_int(value, INT32)
+
+
+def _bounded_int(value: Any, bounds: tuple[int, int]) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError("not an integer")
+    if not bounds[0] <= value <= bounds[1]:
+        raise ValueError("integer out of range")
+    return value
+
+
+def parse_text(value: Any) -> str:
+    """Text a database can compare (no NUL, valid UTF-8)."""
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    if "\x00" in value:
+        raise ValueError("NUL in text")
+    value.encode()  # UnicodeEncodeError (a ValueError) for a lone surrogate
     return value
 
 

@@ -13,6 +13,7 @@ from strawberry.types import ExecutionContext
 from schema.assets.query import AssetsQuery
 from schema.documents import CachedDocuments, DocumentCache
 from schema.extensions import ErrorPolicy, ResponseMeta
+from schema.inputs import check_root_arguments
 from schema.metrics import OperationMetrics
 from schema.prices.market import MarketQuery
 from schema.prices.query import PricesQuery
@@ -37,6 +38,8 @@ Query = merge_types(
 )
 Mutation = merge_types("Mutation", (RunsMutation,))
 Subscription = merge_types("Subscription", (PricesSubscription, RunsSubscription))
+# Every root field's text and ids are bounded before its resolver runs (schema.inputs).
+check_root_arguments(Query, Mutation, Subscription)
 
 # The subscription fields the live hub streams (shared execution, fan-out), by GraphQL name.
 LIVE_STREAMS: dict[str, StreamFactory] = {

@@ -23,7 +23,12 @@ def _parse_datetime(value: object) -> datetime:
         ) from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValueError(f"{value!r} has no UTC offset; add one, e.g. {value}Z or {value}+02:00")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # the offset moves it before year 1 or after 9999
+        raise ValueError(
+            f"{value!r} is outside the times this API handles (years 1 to 9999 in UTC)"
+        ) from None
 
 
 def serialize_datetime(value: datetime) -> str:

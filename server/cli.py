@@ -7,7 +7,8 @@ import contextlib
 import gc
 import signal
 import sys
-from typing import Annotated, Any
+import threading
+from typing import Annotated, Any, NoReturn
 
 import typer
 import uvicorn
@@ -22,8 +23,23 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# Exit codes of every command (README, "Exit codes"). `kasparro ingest` adds 3 (partial) and
+# 4 (skipped); `kasparro worker --exit-on-redis-loss` ends with 75 when Redis is unreachable.
+EXIT_FAILED = 1
+EXIT_USAGE = 2  # a bad option, value or setting
+EXIT_DATABASE_UNAVAILABLE = 69  # EX_UNAVAILABLE (sysexits.h): the database cannot be used now
+
+# The database the command was given (named in its error message).
+_database_url: list[str] = []
+
 HostOption = Annotated[str | None, typer.Option(help="Listen address [KASPARRO_HOST]")]
 PortOption = Annotated[int | None, typer.Option(help="Listen port [KASPARRO_PORT]")]
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """End the command with one line on stderr and `code`."""
+    typer.secho(f"kasparro: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -32,8 +48,8 @@ def load_settings(**overrides: object) -> Settings:
     try:
         settings = Settings.load(**values)
     except SettingsError as exc:
-        typer.secho(f"kasparro: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from None
+        fail(str(exc), EXIT_USAGE)
+    _database_url[:] = [settings.database_url]
     from server.logging import configure_from_settings
 
     configure_from_settings(settings)
@@ -55,8 +71,18 @@ def serve(host: HostOption = None, port: PortOption = None) -> None:
 
 
 @cli.command()
-def worker() -> None:
-    """The arq ingestion worker only (run N workers on one Redis)."""
+def worker(
+    exit_on_redis_loss: Annotated[
+        bool,
+        typer.Option(
+            "--exit-on-redis-loss",
+            help="Exit with code 75 when Redis is unreachable (at start or later) instead of "
+            "waiting for it, for a supervisor to restart the worker",
+        ),
+    ] = False,
+) -> None:
+    """The arq ingestion worker only (run N workers on one Redis). Redis lost is waited for
+    (backoff with jitter, the schedule kept) unless --exit-on-redis-loss: exit code 75."""
     settings = load_settings()
     if settings.redis_url is None:
         typer.secho(
@@ -66,10 +92,16 @@ def worker() -> None:
             fg=typer.colors.RED,
         )
         raise typer.Exit(2)
-    from workers.worker import run_worker
+    from workers.worker import EXIT_REDIS_LOST, RedisLost, run_worker
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_worker(settings))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_worker(settings, exit_on_redis_loss=exit_on_redis_loss))
+    except RedisLost as exc:
+        fail(
+            f"Redis is unreachable ({exc}); exiting as --exit-on-redis-loss asks",
+            EXIT_REDIS_LOST,
+        )
 
 
 @cli.command()
@@ -303,10 +335,7 @@ async def _ingest(
     console = Console(stderr=True)
     engine = create_engine(settings)
     try:
-        if settings.is_sqlite:  # the embedded default: make the file usable on first use
-            from server.migrate import upgrade
-
-            await upgrade(engine, settings)
+        await _usable(engine, settings)
         if source == "csv" and options.get("asset"):
             await _require_asset(engine, str(options["asset"]))
         async with open_runtime(settings, engine=engine) as runtime:
@@ -330,11 +359,26 @@ async def _ingest(
                 Console().print(runs_table([row], title=f"Run {result.run_id}"))
                 if reasons:
                     Console().print(quarantine_summary(reasons, run_id=result.run_id))
+                if source == "csv" and path is None and not row.get("fetched"):
+                    _say_unmatched(console, settings.csv_paths)
             else:
                 console.print(f"{result.source}: skipped, another run is in progress")
     finally:
         await engine.dispose()
     return result.status
+
+
+def _say_unmatched(console: Any, patterns: list[str]) -> None:
+    """A CSV run that read nothing says which of KASPARRO_CSV_PATHS matched no file."""
+    from workers.sources.csv import CsvSource
+
+    unmatched = CsvSource(patterns).unmatched()
+    if unmatched:
+        console.print(
+            f"[yellow]csv: {', '.join(unmatched)} matched no file[/]; set KASPARRO_CSV_PATHS "
+            "or pass --file PATH",
+            highlight=False,
+        )
 
 
 async def _show_runs(settings: Settings, source: str | None, limit: int) -> None:
@@ -349,22 +393,45 @@ async def _show_runs(settings: Settings, source: str | None, limit: int) -> None
     try:
         await _usable(engine, settings)
         query = select(etl_runs).order_by(etl_runs.c.id.desc()).limit(limit)
-        if source:
-            query = query.where(etl_runs.c.source == source)
         async with engine.connect() as conn:
+            if source:
+                await _check_run_source(conn, source)
+                query = query.where(etl_runs.c.source == source)
             rows = (await conn.execute(query)).mappings().all()
     finally:
         await engine.dispose()
     Console().print(runs_table([dict(row) for row in rows]))
 
 
+async def _check_run_source(conn: Any, source: str) -> None:
+    """`runs --source NAME` names a source: a known one, a dataset of a family (`csv:yahoo`),
+    or one that has runs. Anything else ends the command (2) naming the known sources."""
+    from sqlalchemy import select
+
+    from server.source_names import is_dataset_source
+    from server.tables import etl_runs
+    from workers.sources import SOURCE_NAMES
+
+    if source in SOURCE_NAMES or is_dataset_source(source):
+        return
+    recorded = set((await conn.execute(select(etl_runs.c.source).distinct())).scalars())
+    if source in recorded:
+        return
+    known = [*SOURCE_NAMES, *sorted(recorded - set(SOURCE_NAMES))]
+    fail(f"--source: unknown source {source!r}; known: {', '.join(known)}", EXIT_USAGE)
+
+
 async def _usable(engine: Any, settings: Settings) -> None:
-    """The embedded default's file is made usable on first use, as `kasparro ingest` does, so
-    listing the runs of a new installation lists none instead of failing."""
+    """The embedded default's file is made usable on first use, so listing the runs of a new
+    installation lists none instead of failing; any other database is connected to once, so
+    an unusable one ends the command before it prints anything."""
     if settings.is_sqlite:
         from server.migrate import upgrade
 
         await upgrade(engine, settings)
+        return
+    async with engine.connect():
+        pass
 
 
 async def _show_run(settings: Settings, run_id: int, examples: int) -> bool:
@@ -393,18 +460,33 @@ async def _show_run(settings: Settings, run_id: int, examples: int) -> bool:
     return True
 
 
-def uvicorn_config(app: Any, *, host: str, port: int, graceful_seconds: int = 3) -> uvicorn.Config:
+WS_MAX_MESSAGE_BYTES: int = Settings.model_fields["ws_max_message_bytes"].default
+
+
+def uvicorn_config(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    graceful_seconds: int = 3,
+    ws_max_size: int = WS_MAX_MESSAGE_BYTES,
+) -> uvicorn.Config:
     """How the server runs the app (also used by tests that serve it in-process)."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_config=None,
-        proxy_headers=True,
+        # The app reads X-Forwarded-For itself, from KASPARRO_TRUSTED_PROXIES only
+        # (server.ratelimit.ClientAddressMiddleware); uvicorn's own reading would trust any
+        # local client.
+        proxy_headers=False,
         # The sans-I/O implementation lets server.live write a client's waiting messages with
         # one system call; compression would cost more than it saves on frames this small.
         ws="websockets-sansio",
         ws_per_message_deflate=False,
+        # A larger message is refused (1009) before it is read into memory.
+        ws_max_size=ws_max_size,
         timeout_graceful_shutdown=graceful_seconds,
     )
 
@@ -418,7 +500,9 @@ def _serve(settings: Settings, *, with_worker: bool) -> None:
     # SQLAlchemy's metadata) is left out of every collection. 8% less CPU per page (bench).
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    config = uvicorn_config(app, host=settings.host, port=settings.port)
+    config = uvicorn_config(
+        app, host=settings.host, port=settings.port, ws_max_size=settings.ws_max_message_bytes
+    )
     # uvicorn re-raises the signal it caught once it has shut down cleanly; by then the
     # shutdown was graceful, so SIGTERM (docker stop) and Ctrl-C both end with status 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -431,7 +515,98 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    cli()
+    """The `kasparro` command: an unusable database ends it with one line and exit code 69."""
+    threading.excepthook = _quiet_closed_loop
+    try:
+        cli()
+    except Exception as exc:
+        cause = database_unavailable(exc)
+        if cause is None:
+            raise
+        where = _shown_url(_database_url[0]) if _database_url else "DATABASE_URL"
+        typer.secho(
+            f"kasparro: cannot use the database at {where}: {cause}",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        sys.exit(EXIT_DATABASE_UNAVAILABLE)
+
+
+def _quiet_closed_loop(args: threading.ExceptHookArgs) -> None:
+    """aiosqlite's worker thread may hand a failed connection's last result to an event loop
+    that has already closed (omnilib/aiosqlite#241): that says nothing the command's own error
+    line does not, so it is not printed. Anything else goes to the default hook."""
+    closed_loop = args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed"
+    name = args.thread.name if args.thread is not None else ""
+    if closed_loop and "_connection_worker_thread" in name:
+        return
+    threading.__excepthook__(args)
+
+
+# SQLSTATE classes and codes of a database that cannot be used now: connection exceptions (08),
+# bad credentials (28), no such database (3D000), shutting down or starting up (57P01-57P03),
+# too many connections (53300).
+_UNUSABLE_STATES = ("08", "28", "3D000", "57P01", "57P02", "57P03", "53300")
+
+
+def database_unavailable(error: BaseException) -> str | None:
+    """Why the database could not be used, on one line; None when `error` says something else.
+
+    Connecting fails with the driver's own error (asyncpg lets ConnectionRefusedError or a DNS
+    failure through) or SQLAlchemy's OperationalError/InterfaceError around it.
+    """
+    import socket
+
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _is_redis_error(current):
+            return None
+        state = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        unusable = (
+            isinstance(current, OperationalError | InterfaceError | PoolTimeout)
+            or (isinstance(current, DBAPIError) and current.connection_invalidated)
+            or isinstance(current, ConnectionError | socket.gaierror | TimeoutError)
+            or (isinstance(state, str) and state.startswith(_UNUSABLE_STATES))
+        )
+        if unusable:
+            return _innermost_message(current)
+        wrapped = getattr(current, "orig", None) if isinstance(current, DBAPIError) else None
+        current = wrapped if isinstance(wrapped, BaseException) else current.__cause__
+    return None
+
+
+def _is_redis_error(error: BaseException) -> bool:
+    return type(error).__module__.startswith("redis.")
+
+
+def _innermost_message(error: BaseException) -> str:
+    """The message of the error at the bottom of `error`'s chain, on one line."""
+    seen: set[int] = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "orig", None) or error.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        error = inner
+    text = " ".join(str(error).split()) or "no detail"
+    name = type(error).__name__
+    if isinstance(error, OSError | TimeoutError):
+        return f"{name}: {text}" if name not in text else text
+    return text
+
+
+def _shown_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "DATABASE_URL"
 
 
 if __name__ == "__main__":

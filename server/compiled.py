@@ -1,10 +1,12 @@
 """/graphql over HTTP through the compiled path first (schema.compiled), Strawberry otherwise.
 
 A GET or a JSON POST whose document the compiled path has a plan for is answered here: the
-request's body is parsed once, its plan looked up by text, run, and the response written with
-orjson. Everything else (GraphiQL's page, streaming requests, batches, documents or requests
-the compiled path leaves alone, and every error) goes to the Strawberry app, with the body
-replayed, so what a client sees never depends on which path answered.
+request's body is parsed once (server.negotiation checks it as the executor does), its plan
+looked up by text, run, and the response written with orjson in the negotiated media type.
+Everything else (GraphiQL's page, streaming requests, an unacceptable Accept, malformed
+requests, documents or requests the compiled path leaves alone, and every error) goes to the
+Strawberry app, with the body replayed, so what a client sees never depends on which path
+answered.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ from schema.compiled.plan import Compiler
 from schema.metrics import record_operation
 from server.limits import read_body, replay_body
 from server.metrics import Metrics
+from server.negotiation import (
+    GraphQLParams,
+    RequestError,
+    params_from_body,
+    params_from_query_string,
+    response_media_type,
+)
 from server.requestid import current_request_id
 
 # Accept values that ask for something other than one JSON response.
@@ -42,17 +51,26 @@ class CompiledGraphQL:
             await self.graphql(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        accept = headers.get("accept", "")
-        if any(kind in accept for kind in _STREAMING):
+        accept = headers.get("accept")
+        media_type = response_media_type(accept)
+        if media_type is None or any(kind in (accept or "") for kind in _STREAMING):
             await self.graphql(scope, receive, send)
             return
-        if method == "POST":
-            body = await read_body(receive)
-            receive = replay_body(body, receive)
-            request = _from_body(body, headers.get("content-type", ""))
-        else:
-            request = _from_query_string(scope.get("query_string", b""))
-        if request is not None and await self._answer(scope, receive, send, *request):
+        try:
+            if method == "POST":
+                body = await read_body(receive)
+                receive = replay_body(body, receive)
+                params = params_from_body(body, headers.get("content-type"))
+            else:
+                query_string = scope.get("query_string", b"").decode("latin-1")
+                params = params_from_query_string(parse_qsl(query_string, keep_blank_values=True))
+        except RequestError:
+            params = None  # the executor answers it, as it answers every error
+        if (
+            params is not None
+            and params.query is not None
+            and await self._answer(scope, receive, send, params.query, params, media_type)
+        ):
             self._count("compiled")
             return
         self._count("executor")
@@ -68,16 +86,20 @@ class CompiledGraphQL:
         receive: Receive,
         send: Send,
         query: str,
-        variables: dict[str, Any] | None,
-        operation_name: str | None,
+        params: GraphQLParams,
+        media_type: str,
     ) -> bool:
         """Answer with the compiled plan; False when Strawberry must answer instead."""
         started = time.perf_counter()
-        plan = self.compiler.plan(query, operation_name)
+        plan = self.compiler.plan(query, params.operation_name)
         if plan is None:
             return False
+        # The request's own checks (operation, variables, cost): Strawberry answers a refusal.
+        documents = self.compiler.strawberry.documents
+        if documents.request(query, params.operation_name, params.variables).errors:
+            return False
         context = self.graphql.context_for(Request(scope, receive))  # type: ignore[attr-defined]
-        data = await plan.execute(context, variables)
+        data = await plan.execute(context, params.variables)
         if data is None:
             return False
         elapsed = time.perf_counter() - started
@@ -89,7 +111,7 @@ class CompiledGraphQL:
                 "status": 200,
                 "headers": [
                     (b"content-length", str(len(payload)).encode()),
-                    (b"content-type", b"application/json"),
+                    (b"content-type", media_type.encode()),
                 ],
             }
         )
@@ -97,36 +119,3 @@ class CompiledGraphQL:
         if self.metrics is not None:
             record_operation(self.metrics, plan.name, "query", elapsed, [])
         return True
-
-
-Parsed = tuple[str, dict[str, Any] | None, str | None]
-
-
-def _from_body(body: bytes, content_type: str) -> Parsed | None:
-    if "application/json" not in content_type:
-        return None
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return _request_of(data) if isinstance(data, dict) else None
-
-
-def _from_query_string(query_string: bytes) -> Parsed | None:
-    params = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
-    variables: Any = params.get("variables")
-    if variables is not None:
-        try:
-            variables = orjson.loads(variables)
-        except orjson.JSONDecodeError:
-            return None
-    return _request_of({**params, "variables": variables})
-
-
-def _request_of(data: dict[str, Any]) -> Parsed | None:
-    query, variables, name = data.get("query"), data.get("variables"), data.get("operationName")
-    if not isinstance(query, str) or not isinstance(variables, dict | None):
-        return None
-    if not isinstance(name, str | None):
-        return None
-    return query, variables, name

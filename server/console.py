@@ -18,7 +18,13 @@ from rich.text import Text
 from schema.quality.quarantine import ReasonGroup
 from workers.pipeline.load import BatchOutcome
 
-STATUS_STYLE = {"succeeded": "green", "partial": "yellow", "failed": "red", "running": "cyan"}
+STATUS_STYLE = {
+    "succeeded": "green",
+    "partial": "yellow",
+    "failed": "red",
+    "running": "cyan",
+    "abandoned": "magenta",
+}
 COUNTS = ("fetched", "inserted", "updated", "skipped", "quarantined")
 FIELDS = ("run", "source", "trigger", "status", "started", "duration", *COUNTS, "error")
 ERROR_MIN_WIDTH = 20  # the error column wraps; the table needs at least this much for it

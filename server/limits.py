@@ -1,4 +1,5 @@
-"""Limits on what one GraphQL request may ask: size, depth, aliases, tokens, introspection.
+"""Limits on what one GraphQL request may ask: size, tokens, depth, aliases, selections, cost,
+introspection.
 
 The schema applies them when it parses and validates a document (`DocumentLimits`, used by
 schema.documents: once per distinct document text, whatever path it came by). The size limit is
@@ -16,8 +17,8 @@ from graphql import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 
+from server.negotiation import GraphQLErrorResponse
 from server.requestid import current_request_id
 from server.settings import Settings
 
@@ -27,12 +28,24 @@ QUERY_TOO_LARGE = "QUERY_TOO_LARGE"
 
 @dataclass(frozen=True, slots=True)
 class DocumentLimits:
-    """The limits of a document: parse options (its length, its tokens) and the validation
-    rules added to the specified ones (depth, aliases, no introspection)."""
+    """The limits of a document, and of an operation of it with its variables.
+
+    Parsing refuses a text above `max_length` or `max_tokens`; one walk of the parsed document
+    (schema.measure) refuses it above `max_depth`, `max_aliases` or `max_selections` before any
+    validation rule runs; `rules` are added to the specified ones (no introspection when it is
+    off, and then no "Did you mean" suggestions either); an operation whose estimated rows
+    (schema.cost) pass `max_cost` is refused before it runs.
+    """
 
     max_length: int
     max_tokens: int
-    rules: tuple[type[ASTValidationRule], ...]
+    rules: tuple[type[ASTValidationRule], ...] = ()
+    max_depth: int | None = None
+    max_aliases: int | None = None
+    max_selections: int | None = None
+    max_cost: int | None = None
+    max_page_size: int | None = None
+    suggestions: bool = True
 
     @property
     def parse_options(self) -> dict[str, Any]:
@@ -43,13 +56,22 @@ class DocumentLimits:
 
 def document_limits(settings: Settings) -> DocumentLimits:
     """The limits the settings ask for."""
-    rules = [
-        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
-        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
-    ]
+    rules: tuple[type[ASTValidationRule], ...] = ()
     if not settings.introspection:
-        rules.append(NoSchemaIntrospectionCustomRule)
-    return DocumentLimits(settings.max_query_bytes, settings.max_tokens, tuple(rules))
+        rules = (NoSchemaIntrospectionCustomRule,)
+    return DocumentLimits(
+        settings.max_query_bytes,
+        settings.max_tokens,
+        rules,
+        max_depth=settings.max_query_depth,
+        max_aliases=settings.max_aliases,
+        max_selections=settings.max_selections,
+        max_cost=settings.max_query_cost,
+        max_page_size=settings.max_page_size,
+        # Suggestions name fields, arguments, types and values: the schema, which is private
+        # while introspection is off.
+        suggestions=settings.introspection,
+    )
 
 
 def error_response(
@@ -58,15 +80,21 @@ def error_response(
     status_code: int,
     *,
     headers: dict[str, str] | None = None,
+    strict_status: int | None = None,
     **extensions: Any,
 ) -> JSONResponse:
-    """A GraphQL-shaped error answered before the GraphQL app runs."""
+    """A GraphQL-shaped error answered before the GraphQL app runs, in the media type the
+    request negotiates (server.negotiation): `status_code` with application/json; with
+    application/graphql-response+json no `data` entry, and `strict_status` if given, else
+    `status_code` when it is a 4xx/5xx, else 400."""
     body = {
         "data": None,
         "errors": [{"message": message, "extensions": {"code": code, **extensions}}],
         "extensions": {"requestId": current_request_id()},
     }
-    return JSONResponse(body, status_code=status_code, headers=headers)
+    return GraphQLErrorResponse(
+        body, status_code=status_code, headers=headers, strict_status=strict_status
+    )
 
 
 class QuerySizeMiddleware:

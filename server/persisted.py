@@ -15,13 +15,13 @@ every replica knows what one has learnt; a Redis outage falls back to the local 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -194,7 +194,7 @@ class PersistedQueryMiddleware:
             await outcome(scope, replay_body(body, receive), send)
             return
         if outcome is not None:
-            body = json.dumps({**request, "query": outcome}).encode()
+            body = orjson.dumps({**request, "query": outcome})
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode()))
             scope = {**scope, "headers": headers}
@@ -227,7 +227,11 @@ class PersistedQueryMiddleware:
         if query is None or query == "":
             text = await store.get(sha256)
             if text is None:
-                return error_response("PersistedQueryNotFound", PERSISTED_QUERY_NOT_FOUND, 200)
+                # 200 as Apollo's clients expect; 404 where a 2xx must carry data
+                # (application/graphql-response+json), which Apollo's link also retries.
+                return error_response(
+                    "PersistedQueryNotFound", PERSISTED_QUERY_NOT_FOUND, 200, strict_status=404
+                )
             return text
         if not isinstance(query, str):
             return None  # the GraphQL app answers a query that is not a string
@@ -241,8 +245,9 @@ class PersistedQueryMiddleware:
 
 
 def _json(text: str | bytes) -> Any:
-    """The JSON value of `text`; None when malformed (the GraphQL app answers that)."""
+    """The JSON value of `text`; None when malformed, too deeply nested or not UTF-8 (the
+    GraphQL app answers that)."""
     try:
-        return json.loads(text)
-    except ValueError:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
         return None

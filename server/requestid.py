@@ -1,4 +1,9 @@
-"""Request ids: taken from X-Request-ID when the client sends a sane one, else generated."""
+"""Request ids: taken from X-Request-ID when the client sends a sane one, else generated.
+
+Every HTTP response carries the id in X-Request-ID, an unexpected error's included: whatever
+raises below this middleware is logged here (with its traceback, for operators only) and
+answered with a JSON 500 whose GraphQL error has code INTERNAL_SERVER_ERROR and the request id.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,17 @@ import re
 import uuid
 from contextvars import ContextVar
 
+import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.negotiation import INTERNAL_SERVER_ERROR, GraphQLErrorResponse
 
 HEADER = "x-request-id"
 _VALID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _request_id: ContextVar[str] = ContextVar("request_id", default="")
+
+log = structlog.get_logger(__name__)
 
 
 def current_request_id() -> str:
@@ -22,8 +32,20 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def internal_error(request_id: str) -> GraphQLErrorResponse:
+    """The answer to a request that failed in the server's own code: no detail but the id."""
+    message = f"Internal server error (request {request_id})"
+    body = {
+        "data": None,
+        "errors": [{"message": message, "extensions": {"code": INTERNAL_SERVER_ERROR}}],
+        "extensions": {"requestId": request_id},
+    }
+    return GraphQLErrorResponse(body, status_code=500, headers={"Cache-Control": "no-store"})
+
+
 class RequestIdMiddleware:
-    """Sets the request id for the request's context and echoes it in X-Request-ID."""
+    """Sets the request id for the request's context and echoes it in X-Request-ID; answers an
+    unexpected error with a JSON 500 (see the module's docstring)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -35,14 +57,31 @@ class RequestIdMiddleware:
         sent = dict(scope.get("headers", [])).get(HEADER.encode(), b"").decode("latin-1")
         request_id = sent if _VALID.match(sent) else new_request_id()
         token = _request_id.set(request_id)
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 MutableHeaders(scope=message)[HEADER] = request_id
             await send(message)
 
         try:
-            # A WebSocket's frames go straight through: no wrapper costs on every message.
-            await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
+            if scope["type"] == "websocket":
+                # A WebSocket's frames go straight through: no wrapper costs on every message.
+                await self.app(scope, receive, send)
+                return
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                log.error(
+                    "unhandled error while answering a request",
+                    exc_info=exc,
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                )
+                if started:
+                    raise  # part of the response is out: the server must drop the connection
+                await internal_error(request_id)(scope, receive, send_with_id)
         finally:
             _request_id.reset(token)

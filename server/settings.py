@@ -6,6 +6,7 @@ Settings are built once by the entry point (`Settings.load()`) and passed into t
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -70,6 +71,12 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias="KASPARRO_API_KEYS"
     )
     ingest_interval: int = Field(300, validation_alias="KASPARRO_INGEST_INTERVAL")
+    # Seconds a running run's lease lasts: its process renews it (every third of it); any
+    # process closes a run whose lease expired as `abandoned`.
+    run_lease: float = Field(60, gt=0, validation_alias="KASPARRO_RUN_LEASE")
+    # Without a cross-process broker (no REDIS_URL), seconds between two looks at the newest
+    # price id, so commits made by another process reach subscriptions and the price cache.
+    live_poll_interval: float = Field(0.5, gt=0, validation_alias="KASPARRO_LIVE_POLL_INTERVAL")
 
     coingecko_calls_per_minute: float = Field(
         10, gt=0, validation_alias="KASPARRO_COINGECKO_CALLS_PER_MINUTE"
@@ -81,6 +88,9 @@ class Settings(BaseSettings):
     http_timeout: float = Field(15, gt=0, validation_alias="KASPARRO_HTTP_TIMEOUT")
     http_max_attempts: int = Field(5, ge=1, validation_alias="KASPARRO_HTTP_MAX_ATTEMPTS")
     http_backoff: float = Field(0.5, ge=0, validation_alias="KASPARRO_HTTP_BACKOFF")
+    # Longest wait, in seconds, between two attempts to reach Redis again (exponential backoff
+    # with jitter), in `kasparro worker` and the worker of `kasparro up`.
+    redis_retry_max: float = Field(30, gt=0, validation_alias="KASPARRO_REDIS_RETRY_MAX")
     csv_batch_size: int = Field(5000, ge=1, validation_alias="KASPARRO_CSV_BATCH_SIZE")
     # Failure injection for demonstrations and crash tests: fail a run after N loaded rows.
     fail_after_rows: int | None = Field(None, ge=0, validation_alias="KASPARRO_FAIL_AFTER_ROWS")
@@ -99,6 +109,14 @@ class Settings(BaseSettings):
     max_aliases: int = Field(15, ge=0, validation_alias="KASPARRO_MAX_ALIASES")
     max_tokens: int = Field(2000, ge=1, validation_alias="KASPARRO_MAX_TOKENS")
     max_query_bytes: int = Field(10_000, ge=1, validation_alias="KASPARRO_MAX_QUERY_BYTES")
+    # Fields and fragments a document selects, each fragment counted at every place it is spread
+    # (Apollo Server's maxRecursiveSelections): bounds the work of validating and collecting
+    # fields whatever fragments multiply. A 10 KB document without fragments selects ~1,000.
+    max_selections: int = Field(5000, ge=1, validation_alias="KASPARRO_MAX_SELECTIONS")
+    # Rows an operation may ask for, estimated before it runs (schema/cost.py): page sizes
+    # multiplied through nested lists. 5,000 holds the largest page (500) of prices or assets
+    # with a nested list each; the default page of the same costs a tenth of it.
+    max_query_cost: int = Field(5000, ge=1, validation_alias="KASPARRO_MAX_QUERY_COST")
     introspection: bool = Field(True, validation_alias="KASPARRO_INTROSPECTION")
     # Requests per minute per client (API key, else address); 0 switches the limit off. Abuse
     # protection, not metering: one address is often a whole office, a NAT or a server-side
@@ -108,6 +126,13 @@ class Settings(BaseSettings):
     )
     # Requests a client may send at once; default: ten seconds' worth (1,000 by default).
     rate_limit_burst: int | None = Field(None, ge=1, validation_alias="KASPARRO_RATE_LIMIT_BURST")
+    # Addresses or networks (comma list: IPs, CIDRs) of the reverse proxies in front of the
+    # server. Only a request whose peer is one of them is read for X-Forwarded-For (or
+    # Forwarded); its client is then the right-most address there that is not itself a
+    # trusted proxy. Empty: no header is believed, the peer is the client.
+    trusted_proxies: CommaList = Field(
+        default_factory=list, validation_alias="KASPARRO_TRUSTED_PROXIES"
+    )
     # Seconds a shared cache (CDN, proxy, browser) may reuse a successful GET /graphql response
     # (Cache-Control max-age); prices change at every ingestion, so it stays short. 0: every use
     # is revalidated (the ETag still spares the body).
@@ -118,6 +143,8 @@ class Settings(BaseSettings):
     require_read_key: bool = Field(False, validation_alias="KASPARRO_REQUIRE_READ_KEY")
 
     # ---- live subscriptions (GraphQL over WebSocket) ----
+    # Open subscription connections per process: WebSockets and streamed HTTP subscriptions
+    # (graphql-sse, multipart) together; more are refused (WebSocket 1013, HTTP 503).
     ws_max_connections: int = Field(10_000, ge=1, validation_alias="KASPARRO_WS_MAX_CONNECTIONS")
     ws_max_subscriptions: int = Field(100, ge=1, validation_alias="KASPARRO_WS_MAX_SUBSCRIPTIONS")
     # Seconds a client has to send connection_init after connecting.
@@ -127,6 +154,13 @@ class Settings(BaseSettings):
     # Bytes of messages a client may have waiting; a client further behind is closed (1013).
     ws_max_queue_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, validation_alias="KASPARRO_WS_MAX_QUEUE_BYTES"
+    )
+    # Largest message a WebSocket client may send, in bytes; a larger one closes the connection
+    # with 1009. A subscribe message is a request like an HTTP body (a document of at most
+    # KASPARRO_MAX_QUERY_BYTES, its variables) plus the message's own fields: 16 KiB leaves
+    # room for them. Raise it with KASPARRO_MAX_QUERY_BYTES.
+    ws_max_message_bytes: int = Field(
+        16 * 1024, ge=1024, validation_alias="KASPARRO_WS_MAX_MESSAGE_BYTES"
     )
 
     # ---- observability: logs, worker metrics, alerts ----
@@ -247,6 +281,21 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_lists(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _trusted_proxies(cls, value: object) -> object:
+        value = _split_csv(value)
+        if isinstance(value, list):
+            for entry in value:
+                try:
+                    ip_network(str(entry), strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"KASPARRO_TRUSTED_PROXIES={','.join(map(str, value))}: {entry!r} is "
+                        "neither an IP address nor a network (CIDR)"
+                    ) from None
+        return value
 
     @field_validator("coingecko_base_url", "coinpaprika_base_url")
     @classmethod

@@ -50,7 +50,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-RUN_STATUSES = ("queued", "running", "succeeded", "partial", "failed")
+# abandoned: closed by another process once the run's lease expired (its own process stopped
+# renewing it: killed, or cut off from the database).
+RUN_STATUSES = ("queued", "running", "succeeded", "partial", "failed", "abandoned")
 
 
 def _stamped(name: str) -> Column[datetime]:
@@ -121,12 +123,17 @@ etl_runs = Table(
     Column("checkpoint_before", JSONDocument),
     Column("checkpoint_after", JSONDocument),
     Column("details", JSONDocument),
+    # A running run's lease: renewed by its process (heartbeat_at) until lease_expires_at.
+    Column("heartbeat_at", UTCDateTime()),
+    Column("lease_expires_at", UTCDateTime()),
     CheckConstraint(
-        "status IN ('queued', 'running', 'succeeded', 'partial', 'failed')", name="status"
+        "status IN ('queued', 'running', 'succeeded', 'partial', 'failed', 'abandoned')",
+        name="status",
     ),
     Index(None, "source", "started_at"),
     Index(None, "status", "started_at"),
     Index(None, "source", "id"),
+    Index(None, "status", "lease_expires_at"),
 )
 
 raw_records = Table(

@@ -12,7 +12,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -32,9 +32,12 @@ from tests.support.services import (
 
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 
+# The security suite's case count, printed after any run that includes it.
+pytest_plugins = ["tests.security.summary"]
+
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests build Settings explicitly: no variable of the developer's shell leaks in."""
     for name in list(os.environ):
         if (
@@ -42,7 +45,6 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             or name.startswith(("KASPARRO_", "COINGECKO_", "COINPAPRIKA_"))
         ) and not name.startswith("KASPARRO_TEST_"):
             monkeypatch.delenv(name)
-    return
 
 
 @pytest.fixture

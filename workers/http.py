@@ -2,8 +2,14 @@
 
 What the runner should do decides the error class (as in meltano/dlt):
 - `RetriableUpstreamError` (internal): 5xx, timeouts, connection errors, 429. Retried here.
+  `UnreachableUpstreamError`, its kind for a host that cannot be connected to (refused, unknown
+  name, no answer to connect), gets few quick tries: nothing reached the vendor, so these tries
+  take no token of its rate limit either.
 - `FatalUpstreamError`: everything else, and retriable trouble that outlasted the policy. It is a
   `SourceError`, so the run fails with the upstream's own message.
+
+A retry's log line tells the wait that follows it: the backoff or Retry-After, or the rate
+limiter's wait for the next call when that is longer.
 """
 
 from __future__ import annotations
@@ -117,6 +123,10 @@ class RetriableUpstreamError(UpstreamError):
     """Transient trouble (5xx, timeout, connection); retried inside `UpstreamClient`."""
 
 
+class UnreachableUpstreamError(RetriableUpstreamError):
+    """The host could not be connected to: refused, unknown name, or no answer to connect."""
+
+
 class ThrottledError(RetriableUpstreamError):
     """HTTP 429: retried after `retry_after` seconds (None: the header was absent)."""
 
@@ -129,7 +139,8 @@ class ThrottledError(RetriableUpstreamError):
 class RetryPolicy:
     """How hard to try. Delays are seconds; backoff is exponential with full jitter."""
 
-    max_attempts: int = 5  # tries per call on 5xx, timeouts and connection errors
+    max_attempts: int = 5  # tries per call on 5xx, timeouts and dropped connections
+    connect_attempts: int = 2  # tries per call when the host cannot be connected to
     base_delay: float = 0.5
     max_delay: float = 30.0
     max_throttles: int = 5  # 429 answers tolerated per call
@@ -228,21 +239,59 @@ class UpstreamClient:
             raise
 
     async def _get_with_retries(self, request: httpx.Request, limiter: RateLimiter | None) -> Any:
-        attempts = throttles = 0
+        attempts = throttles = unreachable = 0
+        # Before the next attempt: the wait chosen by the last failure, its log line (written
+        # once the rate limiter's wait is known too) and whether the attempt takes a token.
+        delay, retry_note, take_token = 0.0, "", True
         while True:
-            if limiter is not None:
-                waited = await limiter.acquire()
-                self.stats.ratelimit_wait_seconds += waited
-                if self.observer is not None:
-                    self.observer.upstream_wait("rate_limit", waited)
+            waited = 0.0
+            if limiter is not None and take_token:
+                reserve = getattr(limiter, "reserve", None)
+                if reserve is None:  # a limiter that can only wait: the backoff goes first
+                    await self._wait(delay, retry_note, 0.0)
+                    delay, retry_note = 0.0, ""
+                    waited = await limiter.acquire()
+                else:
+                    waited = await reserve()
+                self._count_limiter_wait(limiter, waited)
+            await self._wait(delay, retry_note, waited)
             try:
                 return await self._attempt(request)
             except ThrottledError as exc:
                 throttles += 1
-                await self._wait_throttled(exc, throttles)
+                delay = self._throttle_delay(exc, throttles)
+                retry_note = f"{exc}; Retry-After {delay:.1f}s; waiting {{wait}}"
+                take_token = True
+            except UnreachableUpstreamError as exc:
+                unreachable += 1
+                limit = min(self.policy.connect_attempts, self.policy.max_attempts)
+                delay = self._backoff_delay(exc, unreachable, limit)
+                retry_note, take_token = f"{exc}; retry {unreachable} in {{wait}}", False
             except RetriableUpstreamError as exc:
                 attempts += 1
-                await self._wait_backoff(exc, attempts)
+                delay = self._backoff_delay(exc, attempts, self.policy.max_attempts)
+                retry_note, take_token = f"{exc}; retry {attempts} in {{wait}}", True
+
+    async def _wait(self, delay: float, note: str, limiter_wait: float) -> None:
+        """Sleep before an attempt: the failure's delay or the limiter's, whichever is longer,
+        and say so in the retry's log line."""
+        wait = max(delay, limiter_wait)
+        if note:
+            told = f"{wait:.2f}s"
+            if limiter_wait > delay:
+                told += f" (rate limit; {delay:.2f}s without it)"
+            log.warning(note.replace("{wait}", told))
+        if wait > 0:
+            await self._sleep(wait)
+
+    def _count_limiter_wait(self, limiter: RateLimiter, waited: float) -> None:
+        self.stats.ratelimit_wait_seconds += waited
+        if self.observer is not None:
+            self.observer.upstream_wait("rate_limit", waited)
+            shared = getattr(self.observer, "ratelimit_fallback", None)
+            local = getattr(limiter, "local_fallback", None)
+            if shared is not None and local is not None:
+                shared(bool(local))
 
     async def _attempt(self, request: httpx.Request) -> Any:
         self.stats.requests += 1
@@ -253,6 +302,12 @@ class UpstreamClient:
             response = await self._http.send(request)
         except httpx.UnsupportedProtocol as exc:
             raise FatalUpstreamError(f"{where}: {exc}", url=str(request.url)) from exc
+        except httpx.ConnectTimeout as exc:
+            message = f"{where}: cannot connect: no answer within {self.timeout.connect}s"
+            raise UnreachableUpstreamError(message, url=str(request.url)) from exc
+        except httpx.ConnectError as exc:
+            message = f"{where}: cannot connect: ConnectError: {exc}"
+            raise UnreachableUpstreamError(message, url=str(request.url)) from exc
         except httpx.TimeoutException as exc:
             message = f"{where}: no answer within {self.timeout.read}s ({type(exc).__name__})"
             raise RetriableUpstreamError(message, url=str(request.url)) from exc
@@ -261,7 +316,8 @@ class UpstreamClient:
             raise RetriableUpstreamError(message, url=str(request.url)) from exc
         return decode_response(response)
 
-    async def _wait_throttled(self, exc: ThrottledError, count: int) -> None:
+    def _throttle_delay(self, exc: ThrottledError, count: int) -> float:
+        """The wait a 429 asks for; raises FatalUpstreamError when it is too many or too long."""
         policy = self.policy
         wait = policy.default_retry_after if exc.retry_after is None else exc.retry_after
         if count > policy.max_throttles:
@@ -274,19 +330,18 @@ class UpstreamClient:
         if self.observer is not None:
             self.observer.upstream_retry("throttled")
             self.observer.upstream_wait("retry_after", wait)
-        log.warning("%s; waiting %.1fs (Retry-After)", exc, wait)
-        await self._sleep(wait)
+        return wait
 
-    async def _wait_backoff(self, exc: RetriableUpstreamError, attempts: int) -> None:
-        if attempts >= self.policy.max_attempts:
+    def _backoff_delay(self, exc: RetriableUpstreamError, attempts: int, limit: int) -> float:
+        """The backoff before the next try; raises FatalUpstreamError after `limit` tries."""
+        if attempts >= limit:
             raise _give_up(exc, f"gave up after {attempts} attempts")
         delay = self.policy.backoff(attempts, self._rng)
         self.stats.retries += 1
         if self.observer is not None:
             self.observer.upstream_retry("error")
             self.observer.upstream_wait("backoff", delay)
-        log.warning("%s; retry %d in %.2fs", exc, attempts, delay)
-        await self._sleep(delay)
+        return delay
 
 
 def _give_up(exc: UpstreamError, why: str) -> FatalUpstreamError:

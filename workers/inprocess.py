@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.broker import Broker
 from server.settings import Settings
 from workers.metrics import IngestMetrics
+
+log = structlog.get_logger(__name__)
 
 
 @contextlib.asynccontextmanager
@@ -42,14 +45,32 @@ async def run_in_process(
 
     from workers.worker import create_worker
 
+    # Redis unreachable at start or lost later is waited for (one line each way, backoff with
+    # jitter between attempts): the server serves meanwhile, and ingestion resumes with Redis.
     worker = create_worker(
         settings, engine=engine, broker=broker, handle_signals=False, metrics=metrics
     )
     task = asyncio.create_task(worker.async_run(), name="arq-worker")
+    task.add_done_callback(_report_stop)
     try:
         yield
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Whatever ended the worker was logged when it ended: shutdown stays quiet.
+        await asyncio.gather(task, return_exceptions=True)
         await worker.close()
+
+
+def _report_stop(task: asyncio.Task[None]) -> None:
+    """An in-process worker that stops before shutdown says why, in one line."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is None:
+        log.warning("the in-process ingestion worker stopped")
+    else:
+        text = " ".join(str(error).split())
+        log.error(
+            "the in-process ingestion worker stopped; ingestion is off until a restart",
+            error=f"{type(error).__name__}: {text}",
+        )

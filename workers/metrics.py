@@ -82,6 +82,13 @@ class IngestMetrics:
             ["source", "reason"],
             registry=reg,
         )
+        self.ratelimit_local = Gauge(
+            "kasparro_ratelimit_local_fallback",
+            "1 while the source's API calls are paced by this process's own bucket (at a share "
+            "of the budget) because the shared bucket in Redis is out of reach, else 0",
+            ["source"],
+            registry=reg,
+        )
         self.drift_events = Counter(
             "kasparro_drift_events",
             "Schema drift events recorded by runs, by source, kind and action",
@@ -145,6 +152,10 @@ class IngestMetrics:
         """Seconds waited before a call: `retry_after`, `rate_limit` or `backoff`."""
         if seconds > 0:
             self.throttle_wait.labels(_source(), reason).inc(seconds)
+
+    def ratelimit_fallback(self, local: bool) -> None:
+        """Whether the source's last call was paced by the local bucket (Redis out of reach)."""
+        self.ratelimit_local.labels(_source()).set(1 if local else 0)
 
 
 def _source() -> str:

@@ -6,19 +6,41 @@ A caller cancelled while waiting forfeits its slot; the budget is never exceeded
 
 `MemoryRateLimiter` is one process's budget. `RedisRateLimiter` keeps the bucket in Redis under
 `<prefix>ratelimit:<source>` and updates it with one Lua script using the server's clock, so all
-workers share a single budget.
+workers share a single budget. While Redis cannot be reached it falls back to a bucket of this
+process at FALLBACK_SHARE of the budget (the other workers are on theirs too), says so once in
+the log and in its `local_fallback` flag (the kasparro_ratelimit_local_fallback metric), and
+goes back to the shared bucket when Redis answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import redis.exceptions
 from redis.asyncio import Redis
 
 Sleep = Callable[[float], Awaitable[None]]
+
+log = logging.getLogger(__name__)
+
+# The share of a source's calls-per-minute one process uses while the shared bucket is out of
+# reach: four workers on their own buckets together stay within the vendor's budget.
+FALLBACK_SHARE = 0.25
+# Seconds between two looks at Redis while on the local bucket, and the longest one may take.
+REDIS_PROBE_INTERVAL = 5.0
+REDIS_TIMEOUT = 2.0
+
+# What a lost, refused or silent Redis raises.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+    TimeoutError,
+)
 
 
 class RateLimiter(Protocol):
@@ -26,6 +48,11 @@ class RateLimiter(Protocol):
 
     async def acquire(self) -> float:
         """Take one call from the budget, waiting if needed; return the seconds waited."""
+        ...
+
+    async def reserve(self) -> float:
+        """Take one call from the budget without waiting; return the seconds until it is due
+        (the caller sleeps at least that long before the call)."""
         ...
 
 
@@ -62,6 +89,10 @@ class MemoryRateLimiter:
         self._tokens -= 1
         return max(0.0, -self._tokens / self.rate)
 
+    async def reserve(self) -> float:
+        """Take one token without waiting; return the seconds until it is due."""
+        return self._reserve()
+
     async def acquire(self) -> float:
         """Take one token; sleep until it is due. Returns the seconds waited."""
         wait = self._reserve()
@@ -91,7 +122,12 @@ return string.format('%.6f', wait)
 
 
 class RedisRateLimiter:
-    """A token bucket shared through Redis by every limiter with the same prefix and source."""
+    """A token bucket shared through Redis by every limiter with the same prefix and source.
+
+    While Redis cannot be reached, calls are taken from a bucket of this process at
+    `fallback_share` of the rate (`local_fallback` is True meanwhile); Redis is looked at again
+    every `probe_interval` seconds, and the shared bucket is used as soon as it answers.
+    """
 
     def __init__(
         self,
@@ -102,20 +138,68 @@ class RedisRateLimiter:
         *,
         prefix: str = "kasparro:",
         sleep: Sleep = asyncio.sleep,
+        fallback_share: float = FALLBACK_SHARE,
+        probe_interval: float = REDIS_PROBE_INTERVAL,
+        timeout: float = REDIS_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate = _rate(calls_per_minute, burst)
+        if not 0 < fallback_share <= 1:
+            raise ValueError(f"fallback_share must be in (0, 1], got {fallback_share!r}")
         self.burst = burst
+        self.source = source
         self.key = f"{prefix}ratelimit:{source}"
         self._script = redis.register_script(_ACQUIRE_LUA)
         self._sleep = sleep
+        self._clock = clock
+        self._timeout = timeout
+        self._probe_interval = probe_interval
+        self._local = MemoryRateLimiter(
+            calls_per_minute * fallback_share, burst=1, clock=clock, sleep=sleep
+        )
+        self.local_fallback = False  # True while calls come from the local bucket
+        self.fallbacks = 0  # times the shared bucket was found out of reach
+        self._next_probe = 0.0
+
+    async def reserve(self) -> float:
+        """Take one token (shared, or local while Redis is away); return its wait."""
+        if self.local_fallback and self._clock() < self._next_probe:
+            return await self._local.reserve()
+        try:
+            async with asyncio.timeout(self._timeout):
+                reply = await self._script(keys=[self.key], args=[repr(self.rate), self.burst])
+        except REDIS_ERRORS as exc:
+            self._use_local(exc)
+            return await self._local.reserve()
+        if self.local_fallback:
+            self.local_fallback = False
+            log.warning(
+                "rate limit of %s: Redis is back, the shared bucket is used again", self.source
+            )
+        return float(reply.decode() if isinstance(reply, bytes) else reply)
 
     async def acquire(self) -> float:
-        """Take one token from the shared bucket; sleep until it is due. Returns the wait."""
-        reply = await self._script(keys=[self.key], args=[repr(self.rate), self.burst])
-        wait = float(reply.decode() if isinstance(reply, bytes) else reply)
+        """Take one token; sleep until it is due. Returns the wait."""
+        wait = await self.reserve()
         if wait > 0:
             await self._sleep(wait)
         return wait
+
+    def _use_local(self, exc: BaseException) -> None:
+        self._next_probe = self._clock() + self._probe_interval
+        if self.local_fallback:
+            return
+        self.local_fallback = True
+        self.fallbacks += 1
+        per_minute = self._local.rate * 60
+        log.warning(
+            "rate limit of %s: Redis unreachable (%s: %s); using a local bucket of "
+            "%.4g calls/minute until it is back",
+            self.source,
+            type(exc).__name__,
+            " ".join(str(exc).split()) or "no detail",
+            per_minute,
+        )
 
 
 def make_rate_limiter(

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -23,6 +24,8 @@ from workers.ratelimit import RateLimiter, make_rate_limiter
 
 if TYPE_CHECKING:
     from workers.alerts import Notifier
+
+_log = structlog.get_logger(__name__)
 
 # In-process run locks per engine; the advisory lock covers other processes on PostgreSQL.
 _LOCAL_LOCKS: weakref.WeakKeyDictionary[Engine, dict[str, asyncio.Lock]] = (
@@ -66,10 +69,7 @@ class Runtime:
                     yield acquired
                 finally:
                     if acquired:
-                        await conn.execute(
-                            text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(source)}
-                        )
-                        await conn.commit()
+                        await _advisory_unlock(conn, source)
 
 
 def _lock_key(source: str) -> int:
@@ -85,6 +85,21 @@ async def _advisory_lock(conn: AsyncConnection, source: str, *, wait: bool) -> b
         acquired = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), key)
     await conn.commit()
     return bool(acquired)
+
+
+async def _advisory_unlock(conn: AsyncConnection, source: str) -> None:
+    """Release the source's lock. The lock belongs to the connection's session: when the
+    connection died (the database restarted, the network broke) the lock died with it, and
+    the failing unlock is no error of the run's."""
+    try:
+        await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(source)})
+        await conn.commit()
+    except Exception as exc:
+        _log.warning(
+            "run lock released with its connection", source=source, error=type(exc).__name__
+        )
+        with contextlib.suppress(Exception):
+            await conn.invalidate()  # never back to the pool
 
 
 @contextlib.asynccontextmanager

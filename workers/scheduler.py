@@ -2,7 +2,8 @@
 
 It calls the same job function the arq worker runs (`workers.jobs.ingest`), so `kasparro up`
 without Redis behaves like a worker with cron jobs. One run per source at a time: a tick that
-finds the previous run still going is skipped.
+finds the previous run still going is skipped. Given a runtime (`ctx["runtime"]`), it also
+closes runs whose leases expired (`workers.jobs.close_abandoned_runs`) every half lease.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class Scheduler:
         for source in self._sources:
             task = asyncio.create_task(self._loop(source), name=f"schedule:{source}")
             self._tasks.append(task)
+        lease = getattr(getattr(self._ctx.get("runtime"), "settings", None), "run_lease", None)
+        if isinstance(lease, int | float):
+            every = lease / 2
+            self._tasks.append(asyncio.create_task(self._leases(every), name="schedule:leases"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -44,6 +49,13 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+    async def _leases(self, every: float) -> None:
+        from workers.jobs import close_abandoned_runs  # the pipeline, only when it runs here
+
+        while True:
+            await close_abandoned_runs(self._ctx)  # never raises but for cancellation
+            await asyncio.sleep(every)
 
     async def _loop(self, source: str) -> None:
         loop = asyncio.get_running_loop()

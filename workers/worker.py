@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import signal
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
+import redis.exceptions
 import structlog
 from arq import cron
-from arq.connections import RedisSettings
+from arq.connections import RedisSettings, create_pool
 from arq.cron import CronJob
 from arq.worker import Worker, func
 from prometheus_client import CollectorRegistry
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from redis.backoff import AbstractBackoff, EqualJitterBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.broker import Broker, create_broker
@@ -32,6 +37,25 @@ log = structlog.get_logger(__name__)
 # channels. Deployments (and tests) sharing one Redis stay apart by using different namespaces.
 NAMESPACE = "kasparro"
 QUEUE_NAME = f"{NAMESPACE}:queue"
+
+# `kasparro worker --exit-on-redis-loss` ends with this code when Redis cannot be reached
+# (EX_TEMPFAIL of sysexits.h: a temporary failure, worth a restart by the supervisor).
+EXIT_REDIS_LOST = 75
+
+# What a lost or unreachable Redis raises from redis-py (and the sockets under it).
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+    TimeoutError,
+)
+
+# Seconds a PING may take while the worker waits for Redis to come back.
+PING_TIMEOUT = 5.0
+
+
+class RedisLost(Exception):
+    """Redis was unreachable and the worker was asked to exit rather than wait for it."""
 
 
 def queue_name(namespace: str = NAMESPACE) -> str:
@@ -82,16 +106,175 @@ def cron_jobs(settings: Settings, *, namespace: str = NAMESPACE) -> list[CronJob
 
 
 class IngestWorker(Worker):
-    """arq's Worker, but closing its Redis pool with `aclose()`.
+    """arq's Worker, made to outlive its Redis and to run each source once at start-up.
 
-    arq 0.28 closes it with redis-py 5's deprecated `close()`: a DeprecationWarning that, where
-    warnings are errors, aborts `close()` and leaves the connections open.
+    - Redis lost or unreachable (at start or later): one warning, then attempts to reach it
+      again with exponential backoff and jitter (`backoff`), then one line when it is back. The
+      cron schedule is kept: the ticks missed meanwhile become one run, due at once. With
+      `exit_on_redis_loss`, `RedisLost` is raised instead (the CLI exits with EXIT_REDIS_LOST).
+    - The start-up run of a cron job replaces a tick that would follow it within half an
+      interval (`interval`): a worker starting at 12:04:47 with a 5-minute interval runs at
+      once and next at 12:10, not at once and again at 12:05.
+    - Redis connections are closed with `aclose()`: arq 0.28 closes them with redis-py 5's
+      deprecated `close()`, a DeprecationWarning that, where warnings are errors, aborts
+      `close()` and leaves the connections open. Closing tolerates a Redis that is gone.
     """
 
-    async def close(self) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        interval: float = 0,
+        redis_retry_max: float = 30.0,
+        backoff: AbstractBackoff | None = None,
+        exit_on_redis_loss: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.interval = interval
+        self.redis_retry_max = redis_retry_max
+        # Equal jitter: each wait is at least half its exponential step, never a burst of tries.
+        self.backoff = backoff or EqualJitterBackoff(cap=redis_retry_max, base=0.5)
+        self.exit_on_redis_loss = exit_on_redis_loss
+        self.redis_losses = 0  # times Redis was found gone, for tests and curiosity
+
+    # ---- Redis lost and found ----
+
+    async def main(self) -> None:
+        while True:
+            try:
+                await super().main()
+                return
+            except REDIS_ERRORS as exc:  # at start (no pool yet), or in burst mode's checks
+                await self._wait_for_redis(exc)
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except REDIS_ERRORS as exc:
+            await self._wait_for_redis(exc)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        try:
+            await super().start_jobs(job_ids)
+        except REDIS_ERRORS:
+            # arq had taken a slot for the job it was starting: give it back, or every outage
+            # would cost the worker one of its `max_jobs` for good.
+            self.job_counter -= 1
+            self.sem.release()
+            raise
+
+    async def _wait_for_redis(self, exc: BaseException) -> None:
+        """Return once Redis answers again; raise RedisLost instead when asked to."""
+        cause = describe_redis_error(exc)
+        if self.exit_on_redis_loss:
+            raise RedisLost(cause) from exc
+        self.redis_losses += 1
+        loop = asyncio.get_running_loop()
+        lost_at = loop.time()
+        log.warning(
+            "redis unavailable; retrying with backoff",
+            error=cause,
+            retry_max_seconds=self.redis_retry_max,
+        )
         if self._pool is not None:
-            self._pool.close = self._pool.aclose  # the one deprecated call arq makes on it
-        await super().close()
+            # Idle connections to the Redis that went away would each fail once more.
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._pool.connection_pool.disconnect(inuse_connections=False)
+        failures = 0
+        while True:
+            await asyncio.sleep(self.backoff.compute(failures))
+            failures += 1
+            if await self._redis_answers():
+                break
+        log.info(
+            "redis available again",
+            down_seconds=round(loop.time() - lost_at, 1),
+            attempts=failures,
+        )
+        self._collapse_missed_ticks(datetime.now(tz=self.timezone))
+
+    async def _redis_answers(self) -> bool:
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                if self._pool is None:
+                    assert self.redis_settings is not None
+                    # One attempt each time: the backoff between attempts is ours.
+                    settings = dataclasses.replace(self.redis_settings, conn_retries=0)
+                    self._pool = await create_pool(
+                        settings,
+                        job_deserializer=self.job_deserializer,
+                        job_serializer=self.job_serializer,
+                        default_queue_name=self.queue_name,
+                        expires_extra_ms=self.expires_extra_ms,
+                    )
+                else:
+                    await self._pool.ping()
+        except REDIS_ERRORS:
+            return False
+        return True
+
+    def _collapse_missed_ticks(self, now: datetime) -> None:
+        """Ticks missed while Redis was away become one, the latest, due at once (its id is
+        the tick's, so N workers coming back enqueue it once)."""
+        for job in self.cron_jobs:
+            if job.next_run is None or job.next_run > now:
+                continue
+            latest = job.next_run
+            while True:
+                job.calculate_next(latest)
+                assert job.next_run is not None
+                if job.next_run > now:
+                    break
+                latest = job.next_run
+            job.next_run = latest
+
+    # ---- the schedule ----
+
+    async def run_cron(self, n: datetime, delay: float, num_windows: int = 2) -> None:
+        before = [job.next_run for job in self.cron_jobs]
+        try:
+            await super().run_cron(n, delay, num_windows)
+        except REDIS_ERRORS:
+            # arq moved each job on to its next tick before enqueueing this one: put them back,
+            # so the ticks that could not be enqueued are not lost.
+            for job, next_run in zip(self.cron_jobs, before, strict=True):
+                job.next_run = next_run
+            raise
+        starting = (
+            job
+            for job, next_run in zip(self.cron_jobs, before, strict=True)
+            if next_run is None and job.run_at_startup and job.next_run is not None
+        )
+        for job in starting:
+            assert job.next_run is not None
+            if job.next_run - n < timedelta(seconds=self.interval / 2):
+                job.calculate_next(job.next_run)  # the start-up run was this tick's
+
+    # ---- shutdown ----
+
+    async def close(self) -> None:
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        pool = self._pool
+        if pool is None:
+            # Never connected: on_startup never ran, so there is nothing to shut down.
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        try:
+            await pool.delete(self.health_check_key)
+        except REDIS_ERRORS as exc:
+            log.info("health-check key left to expire", error=describe_redis_error(exc))
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        with contextlib.suppress(*REDIS_ERRORS):
+            await pool.aclose(close_connection_pool=True)
+        self._pool = None
+
+
+def describe_redis_error(exc: BaseException) -> str:
+    """One line about why Redis could not be used."""
+    text = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
 
 
 def create_worker(
@@ -102,12 +285,15 @@ def create_worker(
     handle_signals: bool = True,
     namespace: str = NAMESPACE,
     metrics: IngestMetrics | None = None,
+    exit_on_redis_loss: bool = False,
     **overrides: Any,
-) -> Worker:
+) -> IngestWorker:
     """An arq Worker whose jobs share one Runtime (engine, broker, HTTP client).
 
     What is not given is created at startup and closed at shutdown; `overrides` are passed to
     arq's Worker (e.g. `burst=True`, `poll_delay`, `cron_jobs`). Runs are counted in `metrics`.
+    Redis lost is waited for (backoff up to KASPARRO_REDIS_RETRY_MAX seconds between attempts)
+    unless `exit_on_redis_loss`, which raises RedisLost from `async_run()`.
     """
     if settings.redis_url is None:
         raise ValueError("the arq worker needs REDIS_URL")
@@ -115,6 +301,8 @@ def create_worker(
     stacks: list[contextlib.AsyncExitStack] = []
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        if stacks:  # arq's start-up again, after Redis failed it: the runtime is open
+            return
         async with contextlib.AsyncExitStack() as stack:
             shared = broker
             if shared is None:
@@ -131,7 +319,8 @@ def create_worker(
     options: dict[str, Any] = {
         "functions": [func(ingest, name="ingest")],
         "cron_jobs": cron_jobs(settings, namespace=namespace),
-        "redis_settings": RedisSettings.from_dsn(redis_url),
+        # One attempt per connection: the worker's own backoff (with jitter) spaces them.
+        "redis_settings": dataclasses.replace(RedisSettings.from_dsn(redis_url), conn_retries=0),
         "queue_name": queue_name(namespace),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
@@ -139,14 +328,21 @@ def create_worker(
         "max_jobs": 4,
         "job_timeout": max(settings.ingest_interval * 4, 600),
         "keep_result": 3600,
+        "interval": settings.ingest_interval,
+        "redis_retry_max": settings.redis_retry_max,
+        "exit_on_redis_loss": exit_on_redis_loss,
     }
     options.update(overrides)
     return IngestWorker(**options)
 
 
-async def run_worker(settings: Settings) -> None:
+async def run_worker(settings: Settings, *, exit_on_redis_loss: bool = False) -> None:
     """`kasparro worker`: run until SIGINT/SIGTERM, then stop cleanly (running jobs are
-    cancelled, recorded as failed, and run again by the next worker).
+    cancelled and recorded as failed; the next run of their source resumes from its checkpoint,
+    and arq's replay of such a job is skipped: workers.jobs).
+
+    Redis lost (or unreachable at start) is waited for, the schedule kept; with
+    `exit_on_redis_loss` it raises RedisLost instead, for a supervisor to restart the worker.
 
     Its metrics (runs, upstream calls, alerts, the database pool) are served on
     KASPARRO_WORKER_METRICS_PORT unless that is 0.
@@ -160,7 +356,9 @@ async def run_worker(settings: Settings) -> None:
         )
         log.info("worker metrics served", port=server.port)
     # arq's signal handler cancels the jobs and its main task.
-    worker = create_worker(settings, engine=engine, metrics=metrics)
+    worker = create_worker(
+        settings, engine=engine, metrics=metrics, exit_on_redis_loss=exit_on_redis_loss
+    )
     try:
         await worker.async_run()
     except asyncio.CancelledError:

@@ -15,18 +15,14 @@ from strawberry.types import Info
 from schema.assets.types import Asset, AssetConnection, AssetEdge
 from schema.context import Context
 from schema.errors import UserError
-from schema.pagination import Keyset, Page, PageArgs, fetch_page, parse_int
+from schema.inputs import INT32_MAX, parse_id
+from schema.pagination import Keyset, Page, PageArgs, fetch_page, parse_int32, parse_text
 from server.db import read_engine
 from server.tables import asset_aliases, assets, prices
 
-
-def _parse_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError("not a string")
-    return value
-
-
-ASSETS_KEYSET = Keyset("assets:s+", (assets.c.symbol, assets.c.id), False, (_parse_str, parse_int))
+ASSETS_KEYSET = Keyset(
+    "assets:s+", (assets.c.symbol, assets.c.id), False, (parse_text, parse_int32)
+)
 
 
 def ambiguous_symbol(symbol: str, slugs: Sequence[str]) -> UserError:
@@ -106,11 +102,9 @@ async def assets_for_symbol(conn: AsyncConnection, symbol: str) -> list[Any]:
     return rows
 
 
-def parse_asset_id(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"{value!r} is not an asset id", code="BAD_USER_INPUT") from None
+def parse_asset_id(value: str, argument: str = "id") -> int:
+    """The asset id in `value` (assets.id is an INTEGER), or BAD_USER_INPUT."""
+    return parse_id(value, argument, what="an asset id", maximum=INT32_MAX)
 
 
 def _search(text: str | None) -> list[ColumnElement[bool]]:

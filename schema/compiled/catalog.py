@@ -32,7 +32,7 @@ PROVENANCE = Shape(
     "Provenance",
     {
         "runId": Leaf("oid({run_id})"),
-        "origin": Leaf("{origin}"),
+        "origin": Leaf("origin({origin})"),
         "ingestedAt": Leaf("dt({ingested_at})"),
         "updatedAt": Leaf("odt({updated_at})"),
     },

@@ -35,6 +35,9 @@ from strawberry.types.arguments import StrawberryArgument, convert_arguments
 
 from schema.compiled.collect import Unsupported, collect, directive_variables
 from schema.compiled.render import Access, Child, Rendering, Shape, compile_rendering
+from schema.compiled.values import operator_view
+from schema.disclosure import is_operator
+from schema.inputs import check_arguments
 from server.lru import LRU
 
 PLAN_CACHE_SIZE = 1000
@@ -145,6 +148,16 @@ class OperationPlan:
         if bound is None:
             return None
         data: dict[str, Any] = {}
+        # What the renderings show of the server's insides depends on who asks.
+        view = operator_view.set(is_operator(context))
+        try:
+            return await self._run(context, bound, data)
+        finally:
+            operator_view.reset(view)
+
+    async def _run(
+        self, context: Any, bound: list[tuple[_Root, dict[str, Any]]], data: dict[str, Any]
+    ) -> dict[str, Any] | None:
         for root, kwargs in bound:
             if root.spec is None:
                 data[root.key] = "Query"
@@ -185,12 +198,15 @@ class OperationPlan:
         assert root.node is not None
         raw = get_argument_values(root.definition, root.node, coerced)
         strawberry = self.compiler.strawberry
-        return convert_arguments(
+        kwargs = convert_arguments(
             raw,
             root.arguments,
             scalar_registry=strawberry.schema_converter.scalar_registry,
             config=strawberry.config,
         )
+        # The executor's bounds (CheckedArguments): a value outside them is its to report.
+        check_arguments(root.arguments, kwargs)
+        return kwargs
 
     def _variant(self, variables: Mapping[str, Any]) -> list[_Root] | None:
         key = tuple(variables.get(name) for name in self._conditions)

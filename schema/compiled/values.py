@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from schema.disclosure import public_location
 from schema.pagination import Keyset, PageArgs, PageInfo
 from schema.prices.types import ingest_cursor
 from schema.scalars import serialize_datetime, serialize_decimal
@@ -57,12 +59,25 @@ def optional_id(value: int | None) -> str | None:
     return None if value is None else str(value)
 
 
+# Whether the request being rendered is an operator's (schema.disclosure): set by the plan
+# around its loaders and renderings.
+operator_view: ContextVar[bool] = ContextVar("operator_view", default=False)
+
+
+def origin(value: str | None) -> str | None:
+    """Provenance.origin as the executor shows it to this request."""
+    if value is None or operator_view.get():
+        return value
+    return public_location(value)
+
+
 NAMESPACE: dict[str, Any] = {
     "dt": compiled_datetime,
     "odt": optional_datetime,
     "dec": decimal,
     "odec": optional_decimal,
     "oid": optional_id,
+    "origin": origin,
     "ingest_cursor": ingest_cursor,
 }
 

@@ -6,7 +6,9 @@ A price event names the rows a commit inserted; the cache reads them by primary 
 carries no open/high/low nor provenance, which `Price` and candles need) and applies them. A
 `Gap` (a reconnect, an overflow), an unreadable message or a failed read makes it reload from the
 database. While it is not ready (starting, reloading, disconnected) every reader gets None and
-falls back to SQL: it never answers from a state it knows to be incomplete.
+falls back to SQL: it never answers from a state it knows to be incomplete. Without a
+cross-process broker (no REDIS_URL), the live hub announces on this process's broker the commits
+of other processes it finds in the database (server.live.hub), so they reach the cache too.
 
 Candles are cached per (asset, interval, source, family or all) for the default range of the
 interval, loaded on first use. Buckets before the previous one are kept aggregated ("sealed"); the

@@ -83,6 +83,29 @@ class Interval(Enum):
         start = self.floor(moment)
         return start if start == moment else start + self.width
 
+    def floor_seconds(self, seconds: int) -> int:
+        """`floor` in seconds since the epoch: any integer, no datetime range to overflow."""
+        return seconds // self.seconds * self.seconds
+
+    def ceil_seconds(self, seconds: int) -> int:
+        """`ceil` in seconds since the epoch."""
+        return -(-seconds // self.seconds) * self.seconds
+
+
+def epoch_seconds(moment: datetime) -> int:
+    """Whole seconds from the epoch to `moment`, rounded down (any aware datetime)."""
+    return (moment - EPOCH) // timedelta(seconds=1)
+
+
+def epoch_fraction(moment: datetime) -> bool:
+    """Whether `moment` falls between two whole seconds."""
+    return (moment - EPOCH) % timedelta(seconds=1) != timedelta(0)
+
+
+def from_epoch_seconds(seconds: int) -> datetime:
+    """The UTC time `seconds` after the epoch; OverflowError outside years 1 to 9999."""
+    return EPOCH + timedelta(seconds=seconds)
+
 
 DEFAULT_SPANS = {
     Interval.FIVE_MINUTES: timedelta(hours=24),
@@ -375,3 +398,19 @@ async def observations_since(
     if source is not None:
         query = query.where(_of_source(source))
     return [Observation.of(row) for row in await conn.execute(query)]
+
+
+async def newest_observed_at(
+    conn: AsyncConnection, *, asset_id: int, source: str | None
+) -> datetime | None:
+    """When the asset's newest observation (of `source`, or of its family's datasets) was made;
+    None when it has none. The default window of `candles` ends at it, so an asset whose data
+    stopped a while ago still has candles without `from`/`to`."""
+    query = select(prices.c.observed_at).where(prices.c.asset_id == asset_id)
+    if source is not None:
+        query = query.where(_of_source(source))
+    newest = await conn.scalar(query.order_by(prices.c.observed_at.desc()).limit(1))
+    if newest is None:
+        return None
+    moment: datetime = newest
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -18,7 +18,15 @@ from schema.assets.query import (
 )
 from schema.context import Context
 from schema.errors import UserError
-from schema.prices.candles import CandleRow, Interval, candles_sql
+from schema.prices.candles import (
+    CandleRow,
+    Interval,
+    candles_sql,
+    epoch_fraction,
+    epoch_seconds,
+    from_epoch_seconds,
+    newest_observed_at,
+)
 from schema.prices.latest import PriceRow, latest_rows
 from schema.prices.query import validate_sources
 from schema.prices.types import Price
@@ -85,9 +93,18 @@ def candle_range(
     """
     if from_ is not None and to is not None and from_ >= to:
         raise UserError("`from` must be before `to`", code="BAD_DATE_RANGE")
-    end = interval.ceil(to) if to is not None else interval.floor(now) + interval.width
-    start = interval.floor(from_ if from_ is not None else (to or now) - interval.default_span)
-    buckets = int((end - start) / interval.width)
+    # In seconds since the epoch, which no `from`/`to` can overflow; times only once the range
+    # is known to be small.
+    if to is not None:
+        end = interval.ceil_seconds(epoch_seconds(to) + epoch_fraction(to))
+    else:
+        end = interval.floor_seconds(epoch_seconds(now)) + interval.seconds
+    if from_ is not None:
+        start = interval.floor_seconds(epoch_seconds(from_))
+    else:
+        span = int(interval.default_span.total_seconds())
+        start = interval.floor_seconds(epoch_seconds(to or now) - span)
+    buckets = (end - start) // interval.seconds
     if buckets > MAX_CANDLE_BUCKETS:
         raise UserError(
             f"{buckets} {interval.name} buckets requested; at most {MAX_CANDLE_BUCKETS} are "
@@ -96,12 +113,18 @@ def candle_range(
             maximum=MAX_CANDLE_BUCKETS,
             requested=buckets,
         )
-    return start, end
+    try:
+        return from_epoch_seconds(start), from_epoch_seconds(end)
+    except OverflowError:
+        raise UserError(
+            "the candles' buckets reach outside the years 1 to 9999: move `from`/`to` inward",
+            code="BAD_DATE_RANGE",
+        ) from None
 
 
 async def _asset_id(context: Context, symbol: str, asset: strawberry.ID | None) -> int:
     """The one asset named by `symbol` (or the one of them `asset` picks)."""
-    wanted = None if asset is None else parse_asset_id(asset)
+    wanted = None if asset is None else parse_asset_id(asset, "asset")
     named = context.price_cache.assets_named(symbol)
     if named is None or (wanted is not None and wanted not in {name.id for name in named}):
         async with read_engine(context.engine).connect() as conn:
@@ -148,11 +171,22 @@ async def candle_rows(
     source: str | None,
     asset: strawberry.ID | None,
 ) -> list[CandleRow]:
-    """candles' rows: from the hot cache, else SQL (also the compiled path's loader)."""
+    """candles' rows: from the hot cache, else SQL (also the compiled path's loader).
+
+    Without `from` and `to`, the window is the interval's default span ending now; when the
+    asset's newest observation (of `source`) is older than that, the span ends at it instead:
+    data that stopped a while ago still has candles. (A window holding data stays the one that
+    ends now, which the hot cache keeps, and shows when the data stopped.)"""
     source_name = one_source(source)
     now = datetime.now(UTC)
     start, end = candle_range(interval, from_, to, now)
     asset_id = await _asset_id(context, symbol, asset)
+    if from_ is None and to is None:
+        newest = await _newest_observation(context, symbol, asset_id, source_name)
+        if newest is None:
+            return []
+        if newest < start:
+            start, end = candle_range(interval, None, None, newest)
     rows = await context.price_cache.candles(
         asset_id=asset_id, interval=interval, source=source_name, start=start, end=end, now=now
     )
@@ -162,6 +196,19 @@ async def candle_rows(
                 conn, asset_id=asset_id, interval=interval, start=start, end=end, source=source_name
             )
     return rows
+
+
+async def _newest_observation(
+    context: Context, symbol: str, asset_id: int, source: str | None
+) -> datetime | None:
+    """When the asset's newest price (of `source`) was observed: from the hot cache, else SQL."""
+    sources = None if source is None else [source]
+    latest = context.price_cache.latest(symbols=[symbol], sources=sources)
+    if latest is not None:
+        times = [row.observed_at for row in latest if row.asset_id == asset_id]
+        return max(times, default=None)
+    async with read_engine(context.engine).connect() as conn:
+        return await newest_observed_at(conn, asset_id=asset_id, source=source)
 
 
 @strawberry.type
@@ -182,7 +229,9 @@ class MarketQuery:
     @strawberry.field(
         description="Candles of one asset, oldest first, aggregated across sources unless "
         f"`source` is given. At most {MAX_CANDLE_BUCKETS} buckets; `from`/`to` are widened to "
-        "whole buckets (`to` exclusive); buckets without observations are left out. A symbol "
+        "whole buckets (`to` exclusive); buckets without observations are left out. Without "
+        "`from`/`to`: the interval's default span (a day of FIVE_MINUTES, 30 days of HOUR, a "
+        "year of DAY) ending now, or at the asset's newest price when that is older. A symbol "
         "naming several assets is an AMBIGUOUS_SYMBOL error: pick one with `asset`."
     )
     async def candles(

@@ -12,6 +12,7 @@ from strawberry.types import Info
 
 from schema.assets.types import Asset
 from schema.context import Context
+from schema.disclosure import is_operator, public_location
 from schema.pagination import PageInfo, encode_cursor
 from server.db import read
 
@@ -48,9 +49,18 @@ class PriceFilter:
 @strawberry.type(description="Where a price came from.")
 class Provenance:
     run_id: strawberry.ID | None
-    origin: str | None = strawberry.field(description="Endpoint and page, or file and line.")
     ingested_at: datetime
     updated_at: datetime | None
+    stored_origin: strawberry.Private[str | None] = None
+
+    @strawberry.field(
+        description="Endpoint and page, or file and line: the file's path for an operator (a "
+        "request with an API key), its base name for anyone else."
+    )
+    def origin(self, info: Info[Context, None]) -> str | None:
+        if self.stored_origin is None or is_operator(info.context):
+            return self.stored_origin
+        return public_location(self.stored_origin)
 
 
 # The columns each field of `Price` is made of (GraphQL names); a field not listed needs all.
@@ -116,7 +126,7 @@ class Price:
             low_usd=get("low_usd"),
             provenance=Provenance(
                 run_id=None if run_id is None else strawberry.ID(str(run_id)),
-                origin=get("origin"),
+                stored_origin=get("origin"),
                 ingested_at=get("ingested_at"),
                 updated_at=get("updated_at"),
             ),

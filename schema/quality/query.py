@@ -12,7 +12,15 @@ from strawberry.types import Info
 
 from schema.context import Context
 from schema.errors import UserError
-from schema.pagination import Keyset, PageArgs, PageInfo, fetch_page, parse_int, parse_time
+from schema.pagination import (
+    Keyset,
+    PageArgs,
+    PageInfo,
+    fetch_page,
+    parse_int,
+    parse_text,
+    parse_time,
+)
 from schema.prices.query import validate_sources
 from schema.quality.quarantine import KIND_LIST, KIND_NAMES, kind_expression
 from schema.quality.types import (
@@ -58,12 +66,6 @@ class NewestFirst:
     @property
     def _sqlite_time(self) -> ColumnElement[str]:
         return func.strftime("%Y-%m-%d %H:%M:%f", self.table.c[self.time], type_=String)
-
-
-def parse_text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError("not a string")
-    return value
 
 
 _TIME_ID = (parse_time, parse_int)

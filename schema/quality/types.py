@@ -13,6 +13,7 @@ from strawberry.types import Info
 
 from schema.assets.types import Asset
 from schema.context import Context
+from schema.disclosure import is_operator, public_json, public_location, public_text
 from schema.errors import UserError
 from schema.pagination import PageInfo
 from schema.quality.quarantine import (
@@ -31,6 +32,13 @@ def _id(value: int | None) -> strawberry.ID | None:
     return None if value is None else strawberry.ID(str(value))
 
 
+def _disclosed(info: Info[Context, None], value: Any) -> JSON | None:
+    """Stored JSON as it is for an operator; with file locations cut to base names otherwise."""
+    if value is None:
+        return None
+    return JSON(value if is_operator(info.context) else public_json(value))
+
+
 @strawberry.type(description="A change in what a source sends, and what was done about it.")
 class DriftEvent:
     id: strawberry.ID
@@ -43,8 +51,12 @@ class DriftEvent:
     )
     confidence: float | None = strawberry.field(description="Of the match, 0 to 1.")
     action: str = strawberry.field(description="auto_mapped, quarantined, ignored or recorded.")
-    detail: JSON | None
     detected_at: datetime
+    stored_detail: strawberry.Private[Any] = None
+
+    @strawberry.field(description="What was seen (file locations: base names but for operators).")
+    def detail(self, info: Info[Context, None]) -> JSON | None:
+        return _disclosed(info, self.stored_detail)
 
     @classmethod
     def from_row(cls, row: Any) -> DriftEvent:
@@ -57,7 +69,7 @@ class DriftEvent:
             matched_field=row.matched_field,
             confidence=row.confidence,
             action=row.action,
-            detail=None if row.detail is None else JSON(row.detail),
+            stored_detail=row.detail,
             detected_at=row.detected_at,
         )
 
@@ -80,8 +92,14 @@ class Anomaly:
     score: float | None = strawberry.field(
         description="How far out: a robust z-score for runs, how many times apart for prices."
     )
-    detail: JSON | None
     detected_at: datetime
+    stored_detail: strawberry.Private[Any] = None
+
+    @strawberry.field(
+        description="What was measured (file locations: base names but for operators)."
+    )
+    def detail(self, info: Info[Context, None]) -> JSON | None:
+        return _disclosed(info, self.stored_detail)
 
     @classmethod
     def from_row(cls, row: Any) -> Anomaly:
@@ -96,7 +114,7 @@ class Anomaly:
             value=row.value,
             expected=row.expected,
             score=row.score,
-            detail=None if row.detail is None else JSON(row.detail),
+            stored_detail=row.detail,
             detected_at=row.detected_at,
         )
 
@@ -159,17 +177,32 @@ class QuarantinedRecord:
     id: strawberry.ID
     run_id: strawberry.ID | None
     source: str
-    reason: str = strawberry.field(description="Why, naming the field and the value.")
     kind: str = strawberry.field(description=KINDS_DESCRIPTION)
-    origin: str = strawberry.field(
-        description='Where it came from: a file and line ("prices.csv:17") or the request '
-        '("GET /coins/markets?page=2").'
-    )
     raw_record_id: strawberry.ID | None = strawberry.field(
         description="The raw batch it arrived in (kept whole, with everything fetched)."
     )
     record: JSON = strawberry.field(description="The item exactly as received.")
     created_at: datetime
+    stored_reason: strawberry.Private[str] = ""
+    stored_origin: strawberry.Private[str] = ""
+
+    @strawberry.field(
+        description="Why, naming the field and the value (a file's path: its base name but for "
+        "operators)."
+    )
+    def reason(self, info: Info[Context, None]) -> str:
+        if is_operator(info.context):
+            return self.stored_reason
+        return public_text(self.stored_reason)
+
+    @strawberry.field(
+        description='Where it came from: a file and line ("prices.csv:17"; the file\'s path for '
+        'an operator, its base name for anyone else) or the request ("GET /coins/markets?page=2").'
+    )
+    def origin(self, info: Info[Context, None]) -> str:
+        if is_operator(info.context):
+            return self.stored_origin
+        return public_location(self.stored_origin)
 
     @classmethod
     def from_row(cls, row: Any) -> QuarantinedRecord:
@@ -177,9 +210,9 @@ class QuarantinedRecord:
             id=strawberry.ID(str(row.id)),
             run_id=_id(row.run_id),
             source=row.source,
-            reason=row.reason,
+            stored_reason=row.reason,
             kind=reason_kind(row.reason),
-            origin=row.origin,
+            stored_origin=row.origin,
             raw_record_id=_id(row.raw_record_id),
             record=JSON(row.payload),
             created_at=row.created_at,

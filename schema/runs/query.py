@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import strawberry
@@ -11,6 +10,7 @@ from strawberry.types import Info
 
 from schema.context import Context
 from schema.errors import UserError
+from schema.inputs import parse_id
 from schema.pagination import Keyset, PageArgs, fetch_page, parse_int
 from schema.prices.query import validate_sources
 from schema.runs.aggregates import SourceTotals, source_loaders, totals
@@ -31,15 +31,10 @@ from server.tables import etl_runs
 
 RUNS_KEYSET = Keyset("runs:id-", (etl_runs.c.id,), True, (parse_int,))
 
-# Up to 18 digits always fits a BIGINT; anything else cannot name a run.
-_RUN_ID = re.compile(r"[0-9]{1,18}")
-
 
 def run_id(value: str, *, argument: str) -> int:
-    """The run id in `value`, or BAD_USER_INPUT naming the argument."""
-    if not _RUN_ID.fullmatch(value):
-        raise UserError(f"`{argument}` must be a run id (a positive integer), got {value!r}")
-    return int(value)
+    """The run id in `value` (etl_runs.id is a BIGINT), or BAD_USER_INPUT naming the argument."""
+    return parse_id(value, argument, what="a run id")
 
 
 def runs_filtered(base: Select[Any], source: str | None, status: RunStatus | None) -> Select[Any]:
@@ -122,6 +117,7 @@ class RunsQuery:
                 succeeded=by_status[RunStatus.SUCCEEDED],
                 partial=by_status[RunStatus.PARTIAL],
                 failed=by_status[RunStatus.FAILED],
+                abandoned=by_status[RunStatus.ABANDONED],
                 total=sum(by_status.values()),
             ),
             sources=per_source,

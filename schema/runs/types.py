@@ -13,6 +13,14 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from schema.context import Context
+from schema.disclosure import (
+    RUN_ERROR_CODES,
+    is_operator,
+    public_json,
+    public_location,
+    public_run_error,
+    run_error_code,
+)
 from schema.pagination import PageInfo
 from schema.prices.page import stored_sources
 from schema.runs.aggregates import SourceLoaders
@@ -33,6 +41,12 @@ class RunStatus(Enum):
     SUCCEEDED = "succeeded"
     PARTIAL = "partial"
     FAILED = "failed"
+    ABANDONED = strawberry.enum_value(
+        "abandoned",
+        description="Closed by another process once the run's lease expired: the process "
+        "running it stopped renewing it (killed, or cut off from the database). `error` says "
+        "what is known; the source's next run resumes from its checkpoint.",
+    )
 
 
 def _value(row: Any, name: str) -> Any:
@@ -54,6 +68,13 @@ def _json(value: Any) -> JSON | None:
     return None if value is None else JSON(value)
 
 
+def _disclosed(info: Info[Context, None], value: Any) -> JSON | None:
+    """Stored JSON as it is for an operator; with file locations cut to base names otherwise."""
+    if value is None:
+        return None
+    return JSON(value if is_operator(info.context) else public_json(value))
+
+
 @strawberry.type(description="One ingestion run of one source, with what it did.")
 class EtlRun:
     id: strawberry.ID
@@ -70,15 +91,18 @@ class EtlRun:
     updated: int
     skipped: int
     quarantined: int
-    error: str | None
-    checkpoint_before: JSON | None = strawberry.field(
-        description="Each stream's checkpoint when the run started."
+    # As stored: shown in full to operators only (schema.disclosure), through the fields below.
+    stored_error: strawberry.Private[str | None] = None
+    stored_checkpoint_before: strawberry.Private[Any] = None
+    stored_checkpoint_after: strawberry.Private[Any] = None
+    stored_details: strawberry.Private[Any] = None
+    heartbeat_at: datetime | None = strawberry.field(
+        default=None, description="When the run's process last renewed its lease."
     )
-    checkpoint_after: JSON | None = strawberry.field(
-        description="Each stream's checkpoint when the run finished."
-    )
-    details: JSON | None = strawberry.field(
-        description="Reports of the run, e.g. `ambiguous`: identities kept apart, not guessed."
+    lease_expires_at: datetime | None = strawberry.field(
+        default=None,
+        description="While RUNNING: when another process may close it as ABANDONED unless "
+        "its process renews the lease first.",
     )
 
     @classmethod
@@ -100,11 +124,43 @@ class EtlRun:
             updated=int(_value(row, "updated") or 0),
             skipped=int(_value(row, "skipped") or 0),
             quarantined=int(_value(row, "quarantined") or 0),
-            error=_value(row, "error"),
-            checkpoint_before=_json(_value(row, "checkpoint_before")),
-            checkpoint_after=_json(_value(row, "checkpoint_after")),
-            details=_json(_value(row, "details")),
+            stored_error=_value(row, "error"),
+            stored_checkpoint_before=_value(row, "checkpoint_before"),
+            stored_checkpoint_after=_value(row, "checkpoint_after"),
+            stored_details=_value(row, "details"),
+            heartbeat_at=_time(_value(row, "heartbeat_at")),
+            lease_expires_at=_time(_value(row, "lease_expires_at")),
         )
+
+    @strawberry.field(
+        description="Why it failed: as recorded, for an operator (a request with an API key); "
+        "for anyone else `<errorCode>: <a fixed message>`, naming no class, file or statement."
+    )
+    def error(self, info: Info[Context, None]) -> str | None:
+        if is_operator(info.context):
+            return self.stored_error
+        return public_run_error(self.stored_error, self.source)
+
+    @strawberry.field(
+        description=f"What kind of failure `error` is, one of {RUN_ERROR_CODES}; null without "
+        "an error."
+    )
+    def error_code(self) -> str | None:
+        return run_error_code(self.stored_error, self.source)
+
+    @strawberry.field(description="Each stream's checkpoint when the run started.")
+    def checkpoint_before(self, info: Info[Context, None]) -> JSON | None:
+        return _disclosed(info, self.stored_checkpoint_before)
+
+    @strawberry.field(description="Each stream's checkpoint when the run finished.")
+    def checkpoint_after(self, info: Info[Context, None]) -> JSON | None:
+        return _disclosed(info, self.stored_checkpoint_after)
+
+    @strawberry.field(
+        description="Reports of the run, e.g. `ambiguous`: identities kept apart, not guessed."
+    )
+    def details(self, info: Info[Context, None]) -> JSON | None:
+        return _disclosed(info, self.stored_details)
 
     @strawberry.field(
         description="What the run quarantined, counted by kind, most first; `examples` rows of "
@@ -185,27 +241,37 @@ class RunComparison:
 
 @strawberry.type(description="Where one stream of a source resumes from.")
 class Checkpoint:
-    stream: str = strawberry.field(
-        description='"" for an API source; the file identity for CSV; "history:<asset>" for '
-        "backfills."
-    )
     source: str = strawberry.field(
         description="The source the stream's rows are stored under: the source itself, or for "
         "a CSV file its dataset (csv:yahoo)."
     )
-    state: JSON
     run_id: strawberry.ID | None = strawberry.field(description="The run that wrote it last.")
     updated_at: datetime
+    stored_stream: strawberry.Private[str] = ""
+    stored_state: strawberry.Private[Any] = None
 
     @classmethod
     def from_row(cls, row: Any) -> Checkpoint:
         return cls(
-            stream=row.stream,
+            stored_stream=row.stream,
             source=row.source,
-            state=JSON(row.state),
+            stored_state=row.state,
             run_id=None if row.run_id is None else strawberry.ID(str(row.run_id)),
             updated_at=row.updated_at,
         )
+
+    @strawberry.field(
+        description='"" for an API source; the file identity for CSV (its absolute path for an '
+        'operator, its base name for anyone else); "history:<asset>" for backfills.'
+    )
+    def stream(self, info: Info[Context, None]) -> str:
+        if is_operator(info.context):
+            return self.stored_stream
+        return public_location(self.stored_stream)
+
+    @strawberry.field(description="Where the stream resumes (file locations: as `stream`).")
+    def state(self, info: Info[Context, None]) -> JSON:
+        return _disclosed(info, self.stored_state) or JSON({})
 
 
 @strawberry.type(description="A source of prices: its state and its runs.")
@@ -267,6 +333,9 @@ class RunCounts:
     succeeded: int
     partial: int
     failed: int
+    abandoned: int = strawberry.field(
+        description="Runs whose process stopped renewing their lease (closed by another)."
+    )
     total: int
 
 

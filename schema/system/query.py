@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from strawberry.types import Info
 
 from schema.context import Context
+from schema.disclosure import is_operator, public_run_error
 from schema.runs.aggregates import newest_runs
 from schema.runs.types import EtlRun, RunStatus
 from schema.system.types import ComponentStatus, Health, HealthStatus
@@ -18,6 +19,9 @@ from server import __version__
 from server.db import ping
 
 log = structlog.get_logger(__name__)
+
+# Newest runs that make health DEGRADED, and how the reason words them.
+_ENDED = {RunStatus.FAILED: "failed", RunStatus.ABANDONED: "was abandoned"}
 
 
 @strawberry.type
@@ -38,10 +42,16 @@ class SystemQuery:
         if runs is None:
             reasons.append("the runs could not be read")
         enabled = set(context.settings.sources)
+        operator = is_operator(context)
+
+        def error_of(run: EtlRun) -> str:
+            error = run.stored_error if operator else public_run_error(run.stored_error, run.source)
+            return error or "no error recorded"
+
         reasons += [
-            f"the newest {run.source} run ({run.id}) failed: {run.error or 'no error recorded'}"
+            f"the newest {run.source} run ({run.id}) {_ENDED[run.status]}: {error_of(run)}"
             for run in runs or []
-            if run.source in enabled and run.status is RunStatus.FAILED
+            if run.source in enabled and run.status in _ENDED
         ]
         return Health(
             database=ComponentStatus.of(database),

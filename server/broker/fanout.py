@@ -77,11 +77,15 @@ class FanoutBroker:
     async def _run(self) -> None:
         delays = backoff_delays(initial=0.1, cap=5.0)
         first = True
+        lost = False  # an outage is told once when it starts and once when it ends
         while True:
             try:
                 async with self.upstream.subscribe(*self.channels) as upstream:
                     self._connected.set()
                     delays = backoff_delays(initial=0.1, cap=5.0)
+                    if lost:
+                        logger.warning("broker subscription restored")
+                        lost = False
                     if not first:
                         self._gap("resubscribed")
                     first = False
@@ -95,7 +99,13 @@ class FanoutBroker:
                 if getattr(self.upstream, "closed", False):
                     return
             except BrokerUnavailable as exc:
-                logger.warning("broker subscription unavailable: %s; retrying", exc)
+                if not lost:
+                    logger.warning(
+                        "broker subscription unavailable: %s; retrying until it answers", exc
+                    )
+                    lost = True
+                else:
+                    logger.debug("broker subscription still unavailable: %s", exc)
             self._connected.clear()
             first = False
             await asyncio.sleep(next(delays))

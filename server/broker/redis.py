@@ -47,7 +47,8 @@ async def retry_connection_errors(
         try:
             return await operation()
         except CONNECTION_ERRORS as exc:
-            logger.warning("%s failed (attempt %d of %d): %r", what, attempt, attempts, exc)
+            # Per attempt at debug level: the caller reports the outage once.
+            logger.debug("%s failed (attempt %d of %d): %r", what, attempt, attempts, exc)
             await asyncio.sleep(next(delays))
     try:
         return await operation()

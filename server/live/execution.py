@@ -29,7 +29,6 @@ from graphql import (
     OperationType,
     SelectionSetNode,
     VariableNode,
-    get_operation_ast,
 )
 from graphql.execution import Executor, execute_subscription_event
 from graphql.execution.values import get_argument_values
@@ -87,21 +86,12 @@ class Documents:
         self.cache = cache
 
     def prepare(self, request: Request) -> Prepared:
-        """The request's document and operation; RequestError when it cannot run."""
-        checked = self.cache.document(request.query)
-        if checked.document is None or checked.errors:
+        """The request's document and operation; RequestError when it cannot run (the checks
+        of every transport: limits, one operation, variables, cost)."""
+        checked = self.cache.request(request.query, request.operation_name, request.variables)
+        if checked.errors or checked.document is None or checked.operation is None:
             raise RequestError(list(checked.errors))
-        document = checked.document
-        operation = get_operation_ast(document, request.operation_name)
-        if operation is None:
-            name = request.operation_name
-            message = (
-                f"unknown operation named {name!r}"
-                if name
-                else "the document must name the operation to run (operationName)"
-            )
-            raise RequestError([_client_error(message)])
-        return Prepared(document, operation)
+        return Prepared(checked.document, checked.operation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +147,16 @@ def root_field(schema: GraphQLSchema, prepared: Prepared, request: Request) -> R
     return RootField(node.name.value, arguments, schema, prepared, request)
 
 
-def sharing_key(prepared: Prepared, request: Request, resume_argument: str = "after") -> str:
+def sharing_key(
+    prepared: Prepared, request: Request, resume_argument: str = "after", *, operator: bool = False
+) -> str:
     """Requests with equal keys render every live item identically: the document, the operation
-    and the variables, except a variable used only as the resume argument."""
+    and the variables, except a variable used only as the resume argument, and the view (an
+    operator's shows internal details that a public client's does not)."""
     skip = _resume_variable(prepared, request.query, resume_argument)
     variables = {name: value for name, value in request.variables.items() if name != skip}
     return json.dumps(
-        [request.query, request.operation_name, variables],
+        [request.query, request.operation_name, variables, operator],
         sort_keys=True,
         separators=(",", ":"),
         default=str,

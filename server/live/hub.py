@@ -12,6 +12,14 @@ every lower id is committed too. The hub remembers the highest id it has read an
 read, and one that arrives after its rows were read costs nothing. Each subscriber remembers the
 highest id it was sent and skips anything at or below it, which makes the hand-off from a replay
 (`after: <cursor>`) to live items exact.
+
+Without a cross-process broker (the in-memory one of the embedded default, no REDIS_URL), nothing
+tells this process of commits made by another (`kasparro ingest` in a second terminal, a worker on
+the same database). The hub then follows the prices' id high-water mark itself: every
+`poll_interval` seconds it asks the database for ids above the highest one announced, and
+announces those on this process's broker exactly as a worker would. Its own handling reads them
+as it reads any commit (exactly once, in order), and the price cache, which follows the same
+channel, learns of them too.
 """
 
 from __future__ import annotations
@@ -25,15 +33,15 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schema.prices.latest import ROW_COLUMNS, PriceRow
-from server.broker import Broker, Gap
+from server.broker import Broker, Gap, MemoryBroker
 from server.broker.redis import backoff_delays
 from server.live.streams import PRICES_TOPIC, RUNS_TOPIC, Item, Stream
-from server.tables import assets, prices
-from workers.pipeline.runs import PRICES_CHANNEL, RUNS_CHANNEL
+from server.tables import assets, etl_runs, prices
+from workers.pipeline.runs import PRICES_CHANNEL, RUNS_CHANNEL, encode
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +51,11 @@ T = TypeVar("T")
 READ_PAGE = 10_000
 # Live items a subscriber may hold back while it replays from the database.
 MAX_PENDING = 50_000
+# Run statuses that change again (followed in the database without a cross-process broker).
+_ACTIVE_RUNS = ("queued", "running")
+
+# The execution option that marks the database follower's statements (background work).
+POLL_OPTION = "kasparro_live_poll"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +171,17 @@ class LiveHub:
         *,
         on_delivered: Callable[[str, int], None] | None = None,
         on_received: Callable[[str], None] | None = None,
+        poll_interval: float | None = None,
     ) -> None:
         self.engine = engine
         self.broker = broker
+        # Following the database applies to a broker that carries nothing between processes.
+        self.poll_interval = poll_interval if isinstance(broker, MemoryBroker) else None
+        self._announced = 0  # the highest price id announced on the broker (by anyone)
+        # Runs followed in the database: the highest run id seen, and the status last announced
+        # of each run not known to be over.
+        self._runs_after: int | None = None
+        self._run_status: dict[int, str] = {}
         self._feeds: dict[Hashable, Feed] = {}
         self._topics: dict[str, dict[Feed, None]] = {PRICES_TOPIC: {}, RUNS_TOPIC: {}}
         self._last: int | None = None  # the highest price id read (or skipped while idle)
@@ -258,8 +279,15 @@ class LiveHub:
             async with self.broker.subscribe(PRICES_CHANNEL, RUNS_CHANNEL) as events:
                 subscribed.set_result(None)
                 self._last = await self._retry("read the newest price id", self._newest_id)
-                async for event in events:
-                    await self._handle(event)
+                self._announced = max(self._announced, self._last)
+                async with contextlib.AsyncExitStack() as stack:
+                    if self.poll_interval is not None:
+                        poller = asyncio.create_task(
+                            self._follow_database(self.poll_interval), name="live-hub-poll"
+                        )
+                        stack.push_async_callback(_cancelled, poller)
+                    async for event in events:
+                        await self._handle(event)
         except BaseException as exc:
             if not subscribed.done():
                 subscribed.set_exception(exc)
@@ -275,6 +303,7 @@ class LiveHub:
         if event.channel == RUNS_CHANNEL:
             payload = _json(event.data)
             if isinstance(payload, dict):
+                self._saw_run(payload)
                 await self._dispatch(RUNS_TOPIC, payload)
             return
         payload = _json(event.data)
@@ -282,6 +311,7 @@ class LiveHub:
         if not ids:
             return
         newest = max(ids)
+        self._announced = max(self._announced, newest)
         if self._last is not None and newest <= self._last:
             return  # already read (announced late, or twice)
         if not self._topics[PRICES_TOPIC]:
@@ -312,6 +342,92 @@ class LiveHub:
                 if ours:
                     await self._dispatch(PRICES_TOPIC, PriceCommit(ours))
             if len(rows) < READ_PAGE:
+                return
+
+    async def _follow_database(self, interval: float) -> None:
+        """Announce on the broker the prices committed since the last announcement, and the runs
+        that started or ended since (by another process: this one's runs announce their own),
+        every `interval` seconds."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._announce_new()
+                await self._announce_runs()
+            except Exception as exc:  # the database is away: the next look catches up
+                log.warning("live hub could not look for new prices", error=str(exc)[:200])
+
+    @contextlib.asynccontextmanager
+    async def _poll_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for the database follower's looks, marked as background work so that
+        what a request costs can be told apart from them (`POLL_OPTION` in its options)."""
+        async with self.engine.connect() as conn:
+            yield await conn.execution_options(**{POLL_OPTION: True})
+
+    def _saw_run(self, run: dict[str, Any]) -> None:
+        """Remember the status announced of a run (by its process or by this hub)."""
+        try:
+            run_id, status = int(run["id"]), str(run["status"])
+        except (KeyError, TypeError, ValueError):
+            return
+        self._run_status[run_id] = status
+
+    async def _announce_runs(self) -> None:
+        """Runs whose status changed since it was last announced (one event per change)."""
+        async with self._poll_connection() as conn:
+            after = self._runs_after
+            if after is None:  # the first look: what is going on now is announced already
+                active = await conn.execute(
+                    select(etl_runs.c.id, etl_runs.c.status).where(
+                        etl_runs.c.status.in_(_ACTIVE_RUNS)
+                    )
+                )
+                self._run_status.update({int(r.id): str(r.status) for r in active})
+                newest = await conn.scalar(select(func.max(etl_runs.c.id)))
+                self._runs_after = int(newest or 0)
+                return
+            watched = [i for i, status in self._run_status.items() if status in _ACTIVE_RUNS]
+            condition = etl_runs.c.id > after
+            if watched:
+                condition = or_(condition, etl_runs.c.id.in_(watched))
+            rows = [
+                dict(row)
+                for row in (
+                    await conn.execute(select(etl_runs).where(condition).order_by(etl_runs.c.id))
+                ).mappings()
+            ]
+        if rows:
+            self._runs_after = max(after, *(int(row["id"]) for row in rows))
+        changed = [row for row in rows if self._run_status.get(int(row["id"])) != row["status"]]
+        # Runs over and announced need no watching; the rest are remembered when announced.
+        for run_id in [i for i, status in self._run_status.items() if status not in _ACTIVE_RUNS]:
+            del self._run_status[run_id]
+        for run in changed:
+            self._saw_run(run)
+            await self.broker.publish(RUNS_CHANNEL, encode(run))
+            if run["status"] not in _ACTIVE_RUNS and run.get("updated"):
+                # It corrected stored prices (ids no look can find): caches of prices reload.
+                resync = {"type": "resync", "reason": "prices updated by another process"}
+                await self.broker.publish(PRICES_CHANNEL, encode(resync))
+
+    async def _announce_new(self) -> None:
+        while True:
+            after = max(self._announced, self._last or 0)
+            async with self._poll_connection() as conn:
+                ids = [
+                    int(i)
+                    for i in await conn.scalars(
+                        select(prices.c.id)
+                        .where(prices.c.id > after)
+                        .order_by(prices.c.id)
+                        .limit(READ_PAGE)
+                    )
+                ]
+            if not ids:
+                return
+            self._announced = max(self._announced, ids[-1])
+            payload = {"origin": "database", "prices": [{"id": i} for i in ids]}
+            await self.broker.publish(PRICES_CHANNEL, json.dumps(payload).encode())
+            if len(ids) < READ_PAGE:
                 return
 
     async def _dispatch(self, topic: str, event: Any) -> None:
@@ -350,6 +466,12 @@ class LiveHub:
             except Exception as exc:
                 log.warning("live hub retrying", action=what, error=str(exc)[:200])
                 await asyncio.sleep(next(delays))
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _json(data: bytes) -> Any:

@@ -10,6 +10,17 @@ holds any (an idle connection keeps no task, nor the last burst it sent): publis
 for a client. A client whose queue grows past KASPARRO_WS_MAX_QUEUE_BYTES is closed with code
 1013 and a reason saying so (it may reconnect with `after` and lose nothing), so memory stays
 bounded and a slow client never delays the others.
+
+What a client may send is bounded too:
+- a message above KASPARRO_WS_MAX_MESSAGE_BYTES closes the connection with 1009 (Message Too
+  Big, RFC 6455), on both protocols. `kasparro serve` has uvicorn refuse it from the frame's
+  header, before reading it (ws_max_size); this module checks again for any other ASGI server,
+  with the same code, so a client sees one code wherever the limit is enforced;
+- every `subscribe` (graphql-transport-ws) or `start` (graphql-ws) takes a token from the
+  client's rate-limit bucket, the one its HTTP requests use (server.ratelimit); one refused gets
+  the protocol's `error` message with code RATE_LIMITED, and the connection stays open;
+- open connections per process are capped (KASPARRO_WS_MAX_CONNECTIONS), and subscriptions
+  streamed over HTTP (graphql-sse, multipart) count against the same cap (LiveRouteMiddleware).
 """
 
 from __future__ import annotations
@@ -24,19 +35,22 @@ from typing import Any, cast
 
 import structlog
 from graphql import GraphQLError, GraphQLSchema
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry import Schema
+from strawberry.http.streaming import MultipartSubscriptionTransport, SSETransport
 from strawberry.schema.base import BaseSchema
 from strawberry.types import ExecutionResult
 
 from schema.context import Context
 from schema.documents import DocumentCache
-from schema.errors import UserError, graphql_error
+from schema.errors import RateLimited, UserError, graphql_error
 from schema.extensions import classify_error
+from schema.inputs import check_values
 from schema.loaders import create_loaders
-from server.auth import is_valid_key, presented_key
-from server.limits import document_limits
+from server.auth import is_graphiql_page, is_valid_key, may_read, presented_key, route_path
+from server.limits import GRAPHQL_PATH, document_limits, error_response
 from server.live.direct import DirectWriter, Gone
 from server.live.execution import (
     Documents,
@@ -50,6 +64,7 @@ from server.live.execution import (
 from server.live.hub import LiveHub, Subscriber
 from server.live.streams import Item, StreamFactory
 from server.metrics import Metrics
+from server.ratelimit import client_id, limit_message, limiter_of, retry_after
 from server.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -67,7 +82,9 @@ INIT_TIMEOUT = 4408
 DUPLICATE_ID = 4409
 TOO_MANY_INITS = 4429
 GOING_AWAY = 1001
+MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
+TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
 
 # Bytes of queued messages written with one system call (when the server allows it).
 WRITE_BATCH_BYTES = 256 * 1024
@@ -106,6 +123,7 @@ class LiveServer:
             cache = DocumentCache(self.graphql_schema, document_limits(settings))
         self.documents = Documents(cache)
         self.connections: set[Connection] = set()
+        self.open_streams = 0  # subscriptions streamed over HTTP (LiveRouteMiddleware)
         self.hub: LiveHub | None = None
         self._keepalive: asyncio.Task[None] | None = None
 
@@ -141,6 +159,35 @@ class LiveServer:
         connection = Connection(self, self.hub, scope, receive, send, protocol)
         await connection.run()
 
+    @property
+    def at_capacity(self) -> bool:
+        """Whether the process holds as many subscription connections as it may: WebSockets
+        and HTTP streams together (KASPARRO_WS_MAX_CONNECTIONS)."""
+        return len(self.connections) + self.open_streams >= self.settings.ws_max_connections
+
+    def capacity_message(self) -> str:
+        return f"the server is at its limit of {self.settings.ws_max_connections} connections"
+
+    async def stream(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """An HTTP request that streams (graphql-sse, multipart subscriptions): run by `app`
+        while it holds one of the process's connections; refused with 503 (code
+        TOO_MANY_CONNECTIONS) when none is left."""
+        if self.at_capacity:
+            limit = self.settings.ws_max_connections
+            response = error_response(
+                f"{self.capacity_message()} (KASPARRO_WS_MAX_CONNECTIONS); retry later",
+                TOO_MANY_CONNECTIONS,
+                503,
+                maximum=limit,
+            )
+            await response(scope, receive, send)
+            return
+        self.open_streams += 1
+        try:
+            await app(scope, receive, send)
+        finally:
+            self.open_streams -= 1
+
     async def _keep_alive(self) -> None:
         interval = self.settings.ws_keepalive
         while True:
@@ -153,18 +200,39 @@ class LiveRouteMiddleware:
     """Sends WebSocket connections to /graphql to the live server before Starlette's router and
     exception middleware, which would wrap `send` (a cost on every message, and the direct
     writes of server.live.direct need the server's own `send`). Placed innermost of the app's
-    middleware, after the request id and rate limit ones, which let WebSocket `send` through."""
+    middleware, after the request id and rate limit ones, which let WebSocket `send` through.
 
-    def __init__(self, app: ASGIApp, live: LiveServer, path: str = "/graphql") -> None:
+    HTTP requests to /graphql that ask for a stream hold one of the live server's connections
+    while they run (LiveServer.stream)."""
+
+    def __init__(self, app: ASGIApp, live: LiveServer, path: str = GRAPHQL_PATH) -> None:
         self.app = app
         self.live = live
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == self.path:
+        if scope["type"] == "websocket" and route_path(scope) == self.path:
             await self.live(scope, receive, send)
+        elif scope["type"] == "http" and route_path(scope) == self.path and streams(scope):
+            await self.live.stream(self.app, scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+# The HTTP transports of subscriptions, as the GraphQL app chooses them (by the Accept header).
+_HTTP_STREAMS = (SSETransport(), MultipartSubscriptionTransport())
+
+
+def streams(scope: Scope) -> bool:
+    """Whether an HTTP request to /graphql is answered with a stream: a GET or POST whose
+    (first) Accept header picks graphql-sse or multipart subscriptions, as the GraphQL app reads
+    it, unless it is GraphiQL's page."""
+    if scope.get("method") not in ("GET", "POST"):
+        return False
+    accept = Headers(scope=scope).get("accept", "")
+    if not any(transport.accepts(accept) for transport in _HTTP_STREAMS):
+        return False
+    return not is_graphiql_page(scope)
 
 
 class WsSubscriber(Subscriber):
@@ -198,6 +266,7 @@ class Connection:
         "_writer",
         "acknowledged",
         "api_key",
+        "client",
         "closing",
         "context",
         "hub",
@@ -205,6 +274,7 @@ class Connection:
         "legacy",
         "max_bytes",
         "operations",
+        "operator",
         "protocol",
         "queue",
         "queued_bytes",
@@ -244,6 +314,8 @@ class Connection:
         self.closing = False
         self.context: Context | None = None
         self.api_key: str | None = None
+        self.client = ""  # the rate limiter's name of the client (known at connection_init)
+        self.operator = False  # a valid API key at connection_init: internal details shown
         self._timer: asyncio.TimerHandle | None = None
 
     # ---- the connection's life ----
@@ -251,14 +323,13 @@ class Connection:
     async def run(self) -> None:
         server = self.server
         metrics = server.metrics
-        if len(server.connections) >= self.settings.ws_max_connections:
+        if server.at_capacity:
             await self.send({"type": "websocket.accept", "subprotocol": self.protocol})
-            limit = self.settings.ws_max_connections
             await self.send(
                 {
                     "type": "websocket.close",
                     "code": TRY_AGAIN_LATER,
-                    "reason": f"the server is at its limit of {limit} connections",
+                    "reason": server.capacity_message(),
                 }
             )
             return
@@ -275,6 +346,7 @@ class Connection:
                     break
                 if message["type"] == "websocket.receive" and not self.closing:
                     await self._on_frame(message)
+                del message  # not kept while the next one is awaited
         finally:
             server.connections.discard(self)
             if metrics is not None:
@@ -406,6 +478,14 @@ class Connection:
     # ---- messages from the client ----
 
     async def _on_frame(self, message: Message) -> None:
+        limit = self.settings.ws_max_message_bytes
+        if _message_bytes(message, limit) > limit:
+            self.close(
+                MESSAGE_TOO_BIG,
+                f"a message may be at most {limit} bytes (KASPARRO_WS_MAX_MESSAGE_BYTES)",
+                urgent=True,
+            )
+            return
         text = message.get("text")
         if text is None:
             data = message.get("bytes") or b""
@@ -416,7 +496,7 @@ class Connection:
                 return
         try:
             frame = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             self.close(BAD_REQUEST, "messages must be JSON objects", urgent=True)
             return
         kind = frame.get("type") if isinstance(frame, dict) else None
@@ -439,12 +519,15 @@ class Connection:
             self._timer = None
         payload = frame.get("payload")
         self.api_key = _key_in(payload) or presented_key(_headers(self.scope))
-        if self.settings.require_read_key and not is_valid_key(self.settings, self.api_key):
+        if not may_read(self.settings, self.api_key):
             reason = "Forbidden: connection_init must carry a valid API key"
             if self.legacy:
                 self._send_json({"type": "connection_error", "payload": {"message": reason}})
             self.close(FORBIDDEN, reason)
             return
+        self.client = client_id(self.settings, self.api_key, self.scope)
+        # Operators (a valid API key) see internal details; feeds are shared per view.
+        self.operator = is_valid_key(self.settings, self.api_key)
         self.acknowledged = True
         self._send_json({"type": "connection_ack"})
         if self.legacy and self.settings.ws_keepalive > 0:
@@ -472,6 +555,8 @@ class Connection:
                 self.close(DUPLICATE_ID, f"Subscriber for {operation_id} already exists")
                 return
             self._stop(operation_id)  # the legacy protocol replaces it
+        if not await self._admitted(operation_id) or self.closing:
+            return
         if len(self.operations) >= self.settings.ws_max_subscriptions:
             limit = self.settings.ws_max_subscriptions
             error = GraphQLError(
@@ -490,6 +575,25 @@ class Connection:
             self._send_errors(
                 operation_id, [classify_error(GraphQLError(str(exc), original_error=exc))]
             )
+
+    async def _admitted(self, operation_id: str) -> bool:
+        """Take a token for one operation from the client's rate-limit bucket (the one its
+        HTTP requests use); when there is none, answer the operation with an error (code
+        RATE_LIMITED, and when to retry) and keep the connection."""
+        limiter = limiter_of(self.scope)
+        if limiter is None:
+            return True
+        wait = await limiter.hit(self.client)
+        if wait <= 0:
+            return True
+        seconds = retry_after(wait)
+        log.info("request rate limited", client=self.client, transport="websocket")
+        error = GraphQLError(
+            limit_message(self.settings, seconds),
+            extensions={"code": RateLimited.code, "retryAfter": seconds},
+        )
+        self._send_errors(operation_id, [error])
+        return False
 
     async def _on_complete(self, frame: dict[str, Any]) -> None:
         operation_id = frame.get("id")
@@ -526,6 +630,7 @@ class Connection:
             )
             return
         try:
+            check_values(root.arguments)
             stream = factory(root.arguments)
         except UserError as exc:
             raise RequestError([graphql_error(exc)]) from None
@@ -542,7 +647,7 @@ class Connection:
 
             return SelectionRenderer(root.executor(context), refresh)
 
-        self.hub.join(sub, stream, sharing_key(prepared, request), renderer)
+        self.hub.join(sub, stream, sharing_key(prepared, request, operator=self.operator), renderer)
         self.operations[operation_id] = sub
         if self.server.metrics is not None:
             self.server.metrics.subscriptions.labels(root.name).inc()
@@ -675,6 +780,18 @@ def _key_in(payload: Any) -> str | None:
     strings = {name: value for name, value in found.items() if isinstance(value, str)}
     key = presented_key(strings)
     return key or strings.get("apikey", "").strip() or None
+
+
+def _message_bytes(message: Message, limit: int) -> int:
+    """The size of a received message in bytes (UTF-8 for text), counted exactly only when
+    its length in characters leaves any doubt about `limit`."""
+    text = message.get("text")
+    if text is None:
+        return len(message.get("bytes") or b"")
+    size = len(text)
+    if size > limit or size * 4 <= limit:  # a character is one to four bytes
+        return size
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _headers(scope: Scope) -> dict[str, str]:

@@ -16,17 +16,12 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from server.web.headers import ASSET_HEADERS, content_security_policy, page_headers
+
 STATIC = Path(__file__).resolve().parent / "static"
 
 # Everything the page loads comes from this origin: a stray CDN reference fails loudly.
-_HEADERS = {
-    "Cache-Control": "no-cache",
-    "Content-Security-Policy": (
-        "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-}
+_HEADERS = {"Cache-Control": "no-cache", **page_headers(content_security_policy())}
 
 
 class _StaticFiles(StaticFiles):
@@ -41,6 +36,7 @@ class _StaticFiles(StaticFiles):
     ) -> Response:
         response = super().file_response(full_path, stat_result, scope, status_code)
         response.headers.setdefault("Cache-Control", "no-cache")
+        response.headers.update(ASSET_HEADERS)
         return response
 
 

@@ -10,6 +10,7 @@ files from a CDN, and the app logs a warning saying so.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import structlog
@@ -17,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from strawberry.http.ides import get_graphql_ide_html
+
+from server.web.headers import ASSET_HEADERS, content_security_policy, inline_hashes, page_headers
 
 log = structlog.get_logger(__name__)
 
@@ -43,8 +46,8 @@ OWN: dict[str, Path] = {
 }
 
 # A vendored file never changes under its pinned version; our own are revalidated each time.
-_VENDOR_CACHE = {"Cache-Control": "public, max-age=86400"}
-_OWN_CACHE = {"Cache-Control": "no-cache"}
+_VENDOR_CACHE = {"Cache-Control": "public, max-age=86400", **ASSET_HEADERS}
+_OWN_CACHE = {"Cache-Control": "no-cache", **ASSET_HEADERS}
 
 
 def missing_assets(node_modules: Path = NODE_MODULES) -> list[str]:
@@ -64,6 +67,22 @@ def graphiql_html(node_modules: Path = NODE_MODULES) -> str:
         )
         return get_graphql_ide_html("graphiql")
     return (HERE / "page.html").read_text(encoding="utf-8")
+
+
+# The CDN page (assets not installed) loads GraphiQL from here.
+CDN = "https://unpkg.com"
+
+
+@lru_cache(maxsize=4)
+def graphiql_headers(html: str) -> dict[str, str]:
+    """The page's security headers: scripts and styles from this service only (the CDN page:
+    from the CDN, and its own inline ones by their hashes), no framing."""
+    inline = inline_hashes(html)
+    cdn = [CDN] if CDN in html else []
+    policy = content_security_policy(
+        scripts=[*cdn, *inline["script"]], styles=[*cdn, *inline["style"]]
+    )
+    return page_headers(policy)
 
 
 def graphiql_routes(node_modules: Path = NODE_MODULES) -> list[BaseRoute]:

@@ -76,10 +76,31 @@ async def test_a_failed_newest_run_of_an_enabled_source_degrades_health(
     result = await health(client)
 
     assert result["status"] == "DEGRADED"
+    # Without an API key, the error's code and a fixed message (the text is an operator's).
     assert result["reasons"] == [
-        f"the newest coinpaprika run ({failed}) failed: SourceError: 503 from /tickers"
+        f"the newest coinpaprika run ({failed}) failed: UPSTREAM_ERROR: the source's API failed "
+        "or answered with an error"
     ]
     assert (result["database"], result["broker"]) == ("UP", "UP")
+
+
+async def test_an_abandoned_newest_run_degrades_health_too(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    abandoned = await seed_run(
+        engine,
+        source="coingecko",
+        status="abandoned",
+        started_at=T0,
+        error="abandoned: its lease expired; last known cause: database unavailable",
+    )
+
+    result = await health(client)
+
+    assert result["status"] == "DEGRADED"
+    assert result["reasons"][0].startswith(
+        f"the newest coingecko run ({abandoned}) was abandoned: INTERRUPTED: "
+    )
 
 
 async def test_a_failed_run_of_a_disabled_source_does_not(engine: AsyncEngine) -> None:

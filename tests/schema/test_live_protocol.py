@@ -471,3 +471,53 @@ async def test_a_subscription_posted_as_a_plain_request_is_told_how_to_stream(
         assert "graphql-transport-ws" in error["message"]
         assert "text/event-stream" in error["message"]
         assert body["extensions"]["requestId"] == response.headers["x-request-id"]
+
+
+async def test_an_operators_subscription_does_not_share_a_public_clients_feed(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Operators (a valid key at connection_init) see internal details that public clients do
+    not, so the same document is executed once per view, never rendered with the other's."""
+    btc = (await seed_assets(engine, ("bitcoin", "BTC", "Bitcoin")))["bitcoin"]
+    executions: list[str] = []
+    render = SelectionRenderer.render
+
+    async def counted(self: SelectionRenderer, value: Any) -> str:
+        executions.append(str(value.id))
+        return await render(self, value)
+
+    monkeypatch.setattr(SelectionRenderer, "render", counted)
+
+    def scenario(live: Live) -> list[str]:
+        with live.connect(init={"apiKey": "s3cret"}) as operator, live.connect() as public:
+            live.start(operator, PRICE_UPDATES, {"symbols": ["BTC"]})
+            live.start(public, PRICE_UPDATES, {"symbols": ["BTC"]})
+            ids = live.insert(btc, "coingecko", "1", "2")
+            live.publish_prices("coingecko", ids)
+            for ws in (operator, public):
+                assert [next_data(ws)["priceUpdates"]["id"] for _ in ids] == [str(i) for i in ids]
+            return [str(i) for i in ids]
+
+    ids = await run_in_app(app_settings(engine, KASPARRO_API_KEYS="s3cret"), scenario)
+    assert sorted(executions) == sorted(ids * 2)
+
+
+async def test_live_subscription_arguments_are_checked_like_every_other_argument(
+    sqlite_engine: AsyncEngine,
+) -> None:
+    """A NUL character in a streamed subscription's argument is the client's mistake, named,
+    and never reaches the database."""
+
+    def scenario(live: Live) -> dict[str, Any]:
+        with live.connect() as ws:
+            payload = {"query": PRICE_UPDATES, "variables": {"symbols": ["B\x00TC"]}}
+            ws.send_json({"id": "1", "type": "subscribe", "payload": payload})
+            message: dict[str, Any] = ws.receive_json()
+            return message
+
+    message = await run_in_app(app_settings(sqlite_engine), scenario)
+    assert message["type"] == "error"
+    (error,) = message["payload"]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "symbols" in error["message"]
+    assert "NUL" in error["message"]

@@ -249,10 +249,37 @@ async def test_five_minute_and_daily_buckets_are_aligned_in_utc(
     assert day[0]["sources"] == ["coingecko", "coinpaprika", "csv"]
 
 
-async def test_the_default_range_is_recent(client: httpx.AsyncClient) -> None:
-    # The seeded prices are from 2024: nothing in the last 24 hours, 30 days or year.
-    for interval in ("FIVE_MINUTES", "HOUR", "DAY"):
-        assert await candles(client, symbol="BTC", interval=interval) == []
+async def test_the_default_range_ends_at_the_assets_newest_price(
+    client: httpx.AsyncClient,
+) -> None:
+    # The seeded prices are from 2024, long before now: without `from`/`to` the window is the
+    # interval's default span ending at BTC's newest price (03:59:59), not at now.
+    newest = T0 + timedelta(hours=3, minutes=59, seconds=59)
+    for interval, span in (
+        ("FIVE_MINUTES", timedelta(hours=24)),
+        ("HOUR", timedelta(days=30)),
+        ("DAY", timedelta(days=365)),
+    ):
+        default = await candles(client, symbol="BTC", interval=interval)
+        explicit = await candles(
+            client,
+            symbol="BTC",
+            interval=interval,
+            **{
+                "from": (newest - span).isoformat(),
+                "to": (newest + timedelta(seconds=1)).isoformat(),
+            },
+        )
+        assert default, interval
+        assert default == explicit, interval
+    hours = await candles(client, symbol="BTC", interval="HOUR")
+    assert [c["bucketStart"][11:16] for c in hours] == ["00:00", "01:00", "03:00"]
+    # With a source, the window ends at that source's newest price (coinpaprika: 00:50).
+    paprika = await candles(client, symbol="BTC", interval="HOUR", source="coinpaprika")
+    assert [c["bucketStart"][11:16] for c in paprika] == ["00:00"]
+    assert paprika[0]["observations"] == 2
+    # An asset without prices of the source has no candles.
+    assert await candles(client, symbol="ETH", interval="HOUR", source="csv") == []
 
 
 async def test_a_symbol_naming_several_assets_is_ambiguous_until_one_is_picked(

@@ -16,7 +16,7 @@ from server.settings import Settings
 from server.tables import alert_state, anomalies, drift_events
 from tests.support.fake_upstream import FakeUpstream, Fault, Route
 from tests.support.receivers import Mailbox, Webhook, smtp_server, webhook_receiver
-from workers.alerts import Alert, build_notifier
+from workers.alerts import Alert, build_notifier, conditions_of, resolved_by
 from workers.alerts.notifier import Notifier
 from workers.observe import observe_run
 from workers.pipeline.runner import RunResult, run_source
@@ -246,3 +246,18 @@ def test_the_smtp_password_and_webhook_url_are_masked(
     assert "T0KEN-in-path" not in shown
     assert settings.smtp_password is not None
     assert settings.smtp_password.get_secret_value() == SMTP_PASSWORD
+
+
+def test_an_abandoned_run_raises_the_run_failed_condition_with_its_cause() -> None:
+    run = {
+        "id": 7,
+        "source": "coingecko",
+        "status": "abandoned",
+        "error": "abandoned: its lease expired; last known cause: database unavailable",
+        "fetched": 10,
+        "trigger": "schedule",
+    }
+    (alert,) = conditions_of(run, [], [])
+    assert alert.key == "run_failed:coingecko"
+    assert alert.message == f"Run 7 of coingecko was abandoned: {run['error']}"
+    assert resolved_by(run) == []

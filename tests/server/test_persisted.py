@@ -138,7 +138,8 @@ async def test_a_mutation_by_hash_over_get_is_still_refused(sqlite_url: str) -> 
         # Registered over POST (refused there too: no API key), then asked for over GET.
         await post(client, query=mutation, extensions=persisted(mutation))
         response = await get(client, extensions=persisted(mutation))
-    assert response.status_code == 400
+    # The GraphQL-over-HTTP specification: a mutation over GET is 405, with `Allow: POST`.
+    assert response.status_code == 405
     assert "mutations are not allowed when using GET" in response.text
 
 

@@ -10,14 +10,18 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.live.hub import POLL_OPTION
+
 
 @contextmanager
 def recorded_statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """Every SQL statement `engine` sends while the block runs, in order."""
+    """Every SQL statement `engine` sends while the block runs, in order; not the live hub's
+    background looks for other processes' commits (they are no request's cost)."""
     statements: list[str] = []
 
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
+    def record(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not conn.get_execution_options().get(POLL_OPTION):
+            statements.append(statement)
 
     sync_engine = engine.sync_engine
     event.listen(sync_engine, "before_cursor_execute", record)

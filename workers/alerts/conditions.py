@@ -46,15 +46,16 @@ def conditions_of(
     """The alerts a finished run raises (none for a clean, successful run)."""
     alerts: list[Alert] = []
     source, run_id = str(run["source"]), int(run["id"])
-    if run["status"] == "failed":
+    if run["status"] in ("failed", "abandoned"):
         error = str(run.get("error") or "no error recorded")
+        ended = "failed" if run["status"] == "failed" else "was abandoned"
         alerts.append(
             Alert(
                 key=f"run_failed:{source}",
                 kind="run_failed",
                 source=source,
                 title=f"{source} ingestion failed",
-                message=f"Run {run_id} of {source} failed: {error}",
+                message=f"Run {run_id} of {source} {ended}: {error}",
                 run_id=run_id,
                 details={
                     "error": error,

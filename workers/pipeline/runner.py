@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workers.metrics import source_context
 from workers.observe import observe_run
+from workers.pipeline.causes import cause_of, is_database_unavailable
 from workers.pipeline.identity import IdentityResolver
 from workers.pipeline.load import (
     BatchOutcome,
@@ -32,8 +33,10 @@ from workers.pipeline.load import (
 from workers.pipeline.runs import (
     PRICES_CHANNEL,
     RUNS_CHANNEL,
+    close_expired_runs,
     finish_run,
     publish,
+    renew_lease,
     run_row,
     start_run,
 )
@@ -97,6 +100,61 @@ def error_text(exc: BaseException) -> str:
     first = _QUOTED_VALUE.sub(r"\1 (value left out)", first)
     text = f"{name}: {first}" if first else name
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def run_error(exc: BaseException) -> str:
+    """A failed run's `error`: its cause (database unavailable, Redis unavailable, upstream,
+    bad data) when known, then `error_text(exc)`."""
+    cause = cause_of(exc)
+    text = error_text(exc)
+    return f"{cause}: {text}" if cause else text
+
+
+class Lease:
+    """A running run's lease, renewed every third of its length until `stop`.
+
+    Each renewal also records the last error the run saw and got past (a failed publish, a
+    failed renewal), so a process that later finds the run abandoned can say why; and closes
+    the runs of other processes whose leases expired (any process may)."""
+
+    def __init__(self, runtime: Runtime, run_id: int) -> None:
+        self.runtime = runtime
+        self.run_id = run_id
+        self.last_error: str | None = None
+        self._recorded: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._renew(), name=f"lease:{self.run_id}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def saw(self, error: str) -> None:
+        """The run got past `error` (it did not fail it): recorded with the next renewal."""
+        self.last_error = error
+
+    async def _renew(self) -> None:
+        runtime = self.runtime
+        lease = runtime.settings.run_lease
+        while True:
+            await asyncio.sleep(lease / 3)
+            last = self.last_error if self.last_error != self._recorded else None
+            try:
+                async with runtime.engine.begin() as conn:
+                    await renew_lease(conn, self.run_id, lease=lease, last_error=last)
+                    closed = await close_expired_runs(conn)
+            except Exception as exc:
+                self.last_error = run_error(exc)
+                log.warning("run lease not renewed", run_id=self.run_id, error=self.last_error)
+                continue
+            self._recorded = last or self._recorded
+            for row in closed:
+                await publish(runtime.broker, RUNS_CHANNEL, row, metrics=runtime.metrics)
 
 
 @dataclass(slots=True)
@@ -163,11 +221,54 @@ async def _run(
     source = src.name
     started = time.perf_counter()
     engine = runtime.engine
+    lease = runtime.settings.run_lease
     async with engine.begin() as conn:
+        # Runs whose leases expired are closed first; on PostgreSQL, where this process now
+        # holds the source's lock, so is any other running run of the source.
+        abandoned = await close_expired_runs(
+            conn, source=source, lock_held=engine.dialect.name == "postgresql"
+        )
         checkpoints = await load_checkpoints(conn, source)
         run_id = await start_run(
-            conn, source=source, trigger=trigger, checkpoint=checkpoints, queued_id=queued_id
+            conn,
+            source=source,
+            trigger=trigger,
+            checkpoint=checkpoints,
+            queued_id=queued_id,
+            lease=lease,
         )
+    heartbeat = Lease(runtime, run_id)
+    heartbeat.start()
+    try:
+        return await _run_leased(
+            runtime,
+            src,
+            run_id,
+            checkpoints,
+            heartbeat,
+            started=started,
+            trigger=trigger,
+            abandoned=abandoned,
+            progress=progress,
+        )
+    finally:
+        await heartbeat.stop()
+
+
+async def _run_leased(
+    runtime: Runtime,
+    src: Source,
+    run_id: int,
+    checkpoints: dict[str, dict[str, Any]],
+    heartbeat: Lease,
+    *,
+    started: float,
+    trigger: str,
+    abandoned: list[dict[str, Any]],
+    progress: Progress | None,
+) -> RunResult:
+    source = src.name
+    engine = runtime.engine
     structlog.contextvars.bind_contextvars(run_id=run_id)
     bound = log.bind(run_id=run_id, source=source)
     bound.info("run started", trigger=trigger)
@@ -181,9 +282,11 @@ async def _run(
     status, error = "succeeded", None
     try:
         # Inside the try: a cancellation while announcing still closes the run.
+        for closed in abandoned:
+            await _publish(runtime, heartbeat, RUNS_CHANNEL, closed)
         async with runtime.engine.connect() as conn:
             row = await run_row(conn, run_id)
-        await publish(runtime.broker, RUNS_CHANNEL, row, metrics=runtime.metrics)
+        await _publish(runtime, heartbeat, RUNS_CHANNEL, row)
         postgres = engine.dialect.name == "postgresql"
         batches = _read_ahead(
             src, _checkpoint_for(src, checkpoints), postgres=postgres, guard=guard
@@ -208,11 +311,11 @@ async def _run(
                     }
                     if outcome.updated_ids:
                         event["updated_ids"] = outcome.updated_ids
-                    await publish(runtime.broker, PRICES_CHANNEL, event, metrics=runtime.metrics)
+                    await _publish(runtime, heartbeat, PRICES_CHANNEL, event)
                 if resolver.rewired:  # an asset adopted or absorbed: caches of assets reload
                     resolver.rewired = False
                     resync = {"type": "resync", "reason": "identity"}
-                    await publish(runtime.broker, PRICES_CHANNEL, resync, metrics=runtime.metrics)
+                    await _publish(runtime, heartbeat, PRICES_CHANNEL, resync)
                 limit = runtime.settings.fail_after_rows
                 if limit is not None and totals.fetched >= limit:
                     raise InjectedFailure(f"injected failure after {totals.fetched} rows")
@@ -220,37 +323,100 @@ async def _run(
             status = "partial"
     except asyncio.CancelledError:
         # Shutdown: record the run as ended (shielded from the cancellation), then stop.
-        await asyncio.shield(
-            _finish(
-                runtime,
-                run_id,
-                "failed",
-                "cancelled: the process is shutting down",
-                checkpoints,
-                resolver,
-                datasets=datasets,
+        with contextlib.suppress(Exception):  # logged; its lease expiring closes it instead
+            await asyncio.shield(
+                _close(
+                    runtime,
+                    run_id,
+                    "failed",
+                    "cancelled: the process is shutting down",
+                    checkpoints,
+                    resolver,
+                    datasets=datasets,
+                    patience=min(runtime.settings.run_lease, 5.0),
+                )
             )
-        )
         raise
     except Exception as exc:
-        status, error = "failed", error_text(exc)
-        bound.warning("run failed", error=error, exc_info=not isinstance(exc, SourceError))
-    row = await _finish(
-        runtime,
-        run_id,
-        status,
-        error,
-        checkpoints,
-        resolver,
-        run_metrics=src.run_metrics,
-        datasets=datasets,
-    )
+        status, error = "failed", run_error(exc)
+        expected = isinstance(exc, SourceError) or is_database_unavailable(exc)
+        bound.warning("run failed", error=error, exc_info=not expected)
+    try:
+        row = await _close(
+            runtime,
+            run_id,
+            status,
+            error,
+            checkpoints,
+            resolver,
+            run_metrics=src.run_metrics,
+            datasets=datasets,
+            patience=5 * runtime.settings.run_lease,
+        )
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            raise
+        # The database stayed away: the run stays `running` until its lease expires and another
+        # process closes it as abandoned. The job itself ends normally, with what is known.
+        error = error or run_error(exc)
+        bound.error("run could not be closed", status=status, error=run_error(exc))
+        counts = {
+            "fetched": totals.fetched,
+            "inserted": totals.inserted,
+            "updated": totals.updated,
+            "skipped": totals.skipped,
+            "quarantined": totals.quarantined,
+        }
+        return RunResult(run_id, source, "failed", error, time.perf_counter() - started, counts)
     counts = {
         key: int(row[key]) for key in ("fetched", "inserted", "updated", "skipped", "quarantined")
     }
     result = RunResult(run_id, source, status, error, time.perf_counter() - started, counts)
     bound.info("run finished", status=status, duration_s=round(result.duration_s, 3), **counts)
     return result
+
+
+async def _publish(runtime: Runtime, heartbeat: Lease, channel: str, payload: Any) -> None:
+    """Publish (never failing the run); a broker outage is remembered as the run's last error."""
+    if not await publish(runtime.broker, channel, payload, metrics=runtime.metrics):
+        heartbeat.saw("Redis unavailable: the broker refused a publish")
+
+
+async def _close(
+    runtime: Runtime,
+    run_id: int,
+    status: str,
+    error: str | None,
+    checkpoints: dict[str, dict[str, Any]],
+    resolver: IdentityResolver,
+    *,
+    patience: float,
+    run_metrics: tuple[str, ...] = (),
+    datasets: set[str] | None = None,
+) -> dict[str, Any]:
+    """`_finish`, tried again while the database is unavailable, for up to `patience` seconds:
+    a run cut off by an outage is closed by its own process, with its cause, once it is back."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    delay = 0.2
+    while True:
+        try:
+            return await _finish(
+                runtime,
+                run_id,
+                status,
+                error,
+                checkpoints,
+                resolver,
+                run_metrics=run_metrics,
+                datasets=datasets,
+            )
+        except Exception as exc:
+            if not is_database_unavailable(exc) or loop.time() + delay > deadline:
+                raise
+            log.warning("closing the run: database unavailable, retrying", error=run_error(exc))
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 async def _finish(

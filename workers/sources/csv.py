@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import glob
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ from workers.sources.csv_stream import (
 
 DEFAULT_BATCH_SIZE = 5_000
 _GLOB_CHARS = frozenset("*?[")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,20 +136,32 @@ class CsvSource:
         """The matching files, each once, sorted by stream key; a literal path must exist."""
         found: dict[str, Path] = {}
         for pattern in self.patterns:
-            expanded = os.path.expanduser(pattern)
-            if _GLOB_CHARS.isdisjoint(expanded) or Path(expanded).is_file():
-                matches = [expanded]
-            else:
-                matches = sorted(glob.glob(expanded, recursive=True))
-            for match in matches:
+            for match in self._matches(pattern):
                 found.setdefault(stream_key(Path(match)), Path(match))
         return [found[key] for key in sorted(found)]
+
+    def unmatched(self) -> list[str]:
+        """The glob patterns that match no file (a run of them alone reads nothing)."""
+        return [pattern for pattern in self.patterns if not self._matches(pattern)]
+
+    @staticmethod
+    def _matches(pattern: str) -> list[str]:
+        expanded = os.path.expanduser(pattern)
+        if _GLOB_CHARS.isdisjoint(expanded) or Path(expanded).is_file():
+            return [expanded]
+        return sorted(glob.glob(expanded, recursive=True))
 
     async def batches(self, checkpoint: Mapping[str, Any] | None = None) -> AsyncIterator[Batch]:
         """Batches of every file after its checkpoint in `checkpoint` (checkpoint key ->
         checkpoint, see the module docstring)."""
         checkpoints = checkpoint or {}
         refused: list[str] = []
+        unmatched = self.unmatched()
+        if unmatched:
+            log.warning(
+                "csv: %s matched no file; nothing to read there (KASPARRO_CSV_PATHS)",
+                ", ".join(unmatched),
+            )
         for path in self.files():
             try:
                 reader = await asyncio.to_thread(self._open, path, checkpoints)

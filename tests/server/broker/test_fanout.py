@@ -123,3 +123,39 @@ async def test_the_server_starts_while_redis_is_down_and_subscribes_when_it_is_b
                 assert await receive(subscription) == Message("prices", b"now")
         finally:
             await broker.close()
+
+
+async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator reads one warning per outage, not one per retry."""
+    async with private_redis_server() as server:
+        await server.stop()
+        upstream = RedisBroker(server.url, prefix="t:", connect_timeout=0.2, attempts=2)
+        tries = 0
+        subscribe = upstream.subscribe
+
+        def counted(*channels: str) -> Subscription:
+            nonlocal tries
+            tries += 1
+            return subscribe(*channels)
+
+        upstream.subscribe = counted  # type: ignore[method-assign]
+        broker = FanoutBroker(upstream, ("prices",))
+        caplog.set_level("DEBUG", logger="server.broker")
+        try:
+            await broker.start(wait=0)
+            async with asyncio.timeout(30):
+                while tries < 4:  # three failed subscriptions at least
+                    await asyncio.sleep(0.05)
+            await server.start()
+            async with asyncio.timeout(30):
+                while not broker.connected:
+                    await asyncio.sleep(0.05)
+        finally:
+            await broker.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [m.split(":")[0] for m in warnings] == [
+        "broker subscription unavailable",
+        "broker subscription restored",
+    ]

@@ -265,16 +265,17 @@ async def test_a_second_run_of_the_same_source_is_skipped_while_one_runs(
     assert await count(engine, etl_runs) == 1
 
 
-async def test_a_run_left_running_by_a_dead_process_is_closed_as_failed(
+async def test_a_run_left_running_by_a_dead_process_is_closed_as_abandoned(
     runtime: Runtime, engine: AsyncEngine
 ) -> None:
+    """A run without a lease (left by a version without leases) is closed by the next run."""
     async with engine.begin() as conn:
         await conn.execute(etl_runs.insert().values(source="coingecko", trigger="schedule"))
     await run_source(runtime, "coingecko", trigger="test")
     async with engine.connect() as conn:
         first = (await conn.execute(select(etl_runs).order_by(etl_runs.c.id))).first()
     assert first is not None
-    assert first.status == "failed"
+    assert first.status == "abandoned"
     assert "interrupted" in first.error
 
 
