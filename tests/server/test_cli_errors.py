@@ -4,45 +4,19 @@ readable line and a documented exit code, never a traceback."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from server.cli import EXIT_DATABASE_UNAVAILABLE, EXIT_USAGE
+from tests.server.test_cli import run
 from tests.support.live_server import KasparroProcess, kasparro_process
 from tests.support.net import free_port
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
-KASPARRO = [sys.executable, "-m", "server.cli"]
 WAIT = 60.0
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("KASPARRO_", "COINGECKO_", "COINPAPRIKA_"))
-        and key not in {"DATABASE_URL", "REDIS_URL"}
-    }
-    env.update({"KASPARRO_SOURCES": "csv", "KASPARRO_LOG_LEVEL": "warning", **extra})
-    return env
-
-
-def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*KASPARRO, *args],
-        cwd=cwd,
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
 
 
 def unreachable_postgres() -> str:
