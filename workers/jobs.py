@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -74,6 +74,9 @@ async def _replayed_in_vain(
         if not isinstance(enqueued, datetime):
             return None
         since = enqueued if enqueued.tzinfo is not None else enqueued.replace(tzinfo=UTC)
+        # arq keeps the enqueue time rounded to the nearest millisecond: a run started within
+        # half a millisecond after it would otherwise look older than the job.
+        since -= timedelta(milliseconds=1)
         newer = (
             await conn.execute(
                 select(etl_runs.c.id, etl_runs.c.status)
