@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import platform
 import re
@@ -211,6 +212,9 @@ async def on_loop(work: Callable[[], str]) -> tuple[float, float, str]:
             gaps.append(now - last)
             last = now
 
+    # Each round starts from a collected heap: a step does not pay for the garbage of the
+    # rounds before it (the stock step's, above all), only for its own.
+    gc.collect()
     task = asyncio.create_task(heartbeat())
     await asyncio.sleep(0.005)
     gaps.clear()
