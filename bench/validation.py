@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.validation [--rounds 5] [--write]
 
 1. Documents: the worst this bench knows how to build within the default limits (10,000 bytes,
-   2,000 tokens, depth 10, 15 aliases), each filled up to the byte or token limit: a field, a
+   2,000 tokens, depth 10, 15 aliases), each filled up to the byte or token limit: a field (also
+   under a directive reading a variable, which makes graphql-core walk the operation again), a
    leaf, a nested path or a wide selection repeated; identical fragments spread side by side; a
    chain of fragments each spreading the next twice; many operations walking one chain of
    fragments; many variables, each read by a directive; directives stacked on one field; and a
@@ -118,6 +119,12 @@ def variables(n: int) -> str:
     return f"query Q({declared}) {{ {used} }}"
 
 
+def repeated_with_a_variable(n: int) -> str:
+    """The issue's document with one variable: an operation with variables is walked again
+    for their usages by graphql-core's own variable rules."""
+    return "query Q($on: Boolean!) {" + " health @include(if: $on) { database }" * n + " }"
+
+
 def stacked(n: int) -> str:
     """One field under n directives."""
     return "{ __typename" + " @include(if: true)" * n + " }"
@@ -139,6 +146,12 @@ def cases(limits: Settings) -> list[Case]:
     count = variable_doc.count("Boolean!")
     return [
         Case("one field repeated (the issue's)", largest(repeated("health { database }"), limits)),
+        Case(
+            "the same with a variable",
+            largest(repeated_with_a_variable, limits),
+            {"on": True},
+            "Q",
+        ),
         Case("a leaf repeated", largest(repeated("__typename"), limits)),
         Case("a nested path repeated", largest(repeated(NESTED), limits)),
         Case("a wide selection repeated", largest(repeated(f"latestPrices {{ {WIDE} }}"), limits)),

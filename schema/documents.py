@@ -26,8 +26,11 @@ from graphql import (
     FragmentDefinitionNode,
     GraphQLError,
     GraphQLSchema,
+    NoUndefinedVariablesRule,
+    NoUnusedVariablesRule,
     OperationDefinitionNode,
     OverlappingFieldsCanBeMergedRule,
+    VariablesInAllowedPositionRule,
     get_variable_values,
     parse,
     specified_rules,
@@ -50,6 +53,7 @@ from schema.cost import CostModel, cost_error, operation_cost
 from schema.extensions import classify_error
 from schema.measure import QUERY_TOO_DEEP, TOO_MANY_SELECTIONS, limit_errors
 from schema.merging import FieldsCanMergeRule
+from schema.variables import VariableRules
 from server.limits import DocumentLimits
 from server.lru import LRU
 
@@ -63,13 +67,22 @@ DOCUMENT_CACHE_TOKENS = 200_000
 # KASPARRO_MAX_QUERY_BYTES), so about 20 MB at worst.
 REQUEST_CACHE_SIZE = 1024
 
-# The specified rules with field merging checked in linear time, then Strawberry's own rules
-# (those its validate_document adds).
+# The three rules about variables, each of which walks every operation again to find its
+# variables' usages: checked together in the validation's own walk (schema.variables).
+VARIABLE_RULES = (
+    NoUndefinedVariablesRule,
+    NoUnusedVariablesRule,
+    VariablesInAllowedPositionRule,
+)
+# The specified rules with field merging checked in linear time and the variable rules in the
+# one walk, then Strawberry's own rules (those its validate_document adds).
 VALIDATION_RULES: tuple[type[ASTValidationRule], ...] = (
     *(
         FieldsCanMergeRule if rule is OverlappingFieldsCanBeMergedRule else rule
         for rule in specified_rules
+        if rule not in VARIABLE_RULES
     ),
+    VariableRules,
     MaybeNullValidationRule,
     OneOfInputValidationRule,
 )
