@@ -34,15 +34,15 @@ DOCUMENTS = [
     "query Q($a: Int, $b: String) { prices(first: $a) { totalCount } }",
     "query ($a: Int) { health { database } }",
     # wrong positions: nullable into non-null, a default on either side, lists, other types
-    'query ($s: String) { candles(symbol: $s, interval: HOUR) { close } }',
+    "query ($s: String) { candles(symbol: $s, interval: HOUR) { close } }",
     'query ($s: String = "BTC") { candles(symbol: $s, interval: HOUR) { close } }',
-    'query ($s: String = null) { candles(symbol: $s, interval: HOUR) { close } }',
+    "query ($s: String = null) { candles(symbol: $s, interval: HOUR) { close } }",
     "query ($n: String) { prices(first: $n) { totalCount } }",
     "query ($s: [String]) { prices(filter: {symbols: $s}) { totalCount } }",
     "query ($s: [String!]!) { prices(filter: {symbols: $s}) { totalCount } }",
     "query ($s: String) { prices(filter: {symbols: [$s]}) { totalCount } }",
     "query ($s: String!) { prices(filter: {symbols: $s}) { totalCount } }",
-    "query ($i: CandleInterval) { candles(symbol: \"BTC\", interval: $i) { close } }",
+    'query ($i: CandleInterval) { candles(symbol: "BTC", interval: $i) { close } }',
     "query ($id: ID!, $sym: ID) { asset(id: $id, symbol: $sym) { name } }",
     # fragments: usages reach every operation that spreads them, nested and shared
     """
