@@ -337,10 +337,13 @@ async def test_a_lock_whose_connection_died_is_released_without_an_error(
                 assert acquired
                 async with engine.connect() as conn:
                     # The lock holder's session ends (a restart, a network cut, an operator).
+                    # Only this test's database: other tests hold advisory locks on the server.
                     await conn.execute(
                         text(
                             "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                            "WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+                            "WHERE locktype = 'advisory' AND pid <> pg_backend_pid() AND "
+                            "database = (SELECT oid FROM pg_database "
+                            "WHERE datname = current_database())"
                         )
                     )
             async with runtime.run_lock("csv") as again:
