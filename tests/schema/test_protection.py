@@ -25,6 +25,7 @@ from server.auth import fingerprint
 from server.db import create_engine
 from server.logging import _add_request_id
 from server.migrate import upgrade
+from server.ratelimit import MemoryRequestLimiter
 from server.settings import Settings
 from tests.support.asgi import graphql, running_app
 from tests.support.net import free_port
@@ -265,10 +266,15 @@ async def test_over_the_limit_a_client_gets_429_with_retry_after(db_url: str) ->
 
 
 async def test_the_budget_refills_over_time(db_url: str) -> None:
-    async with running_app(limited(db_url, per_minute=600, burst=1)) as (_, client):
+    now = [0.0]
+    async with running_app(limited(db_url, per_minute=600, burst=1)) as (app, client):
+        # The same limiter on a clock of the test's: time passes when the test says so.
+        app.state.rate_limiter = MemoryRequestLimiter(600, 1, clock=lambda: now[0])
         assert (await post_health(client)).status_code == 200
         assert (await post_health(client)).status_code == 429
-        await asyncio.sleep(0.15)  # 10 a second
+        now[0] += 0.05  # half of the tenth of a second that refills one token
+        assert (await post_health(client)).status_code == 429
+        now[0] += 0.05
         assert (await post_health(client)).status_code == 200
 
 
