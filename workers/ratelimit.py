@@ -20,8 +20,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-import redis.exceptions
 from redis.asyncio import Redis
+
+from server.broker.redis import CONNECTION_ERRORS
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -34,13 +35,9 @@ FALLBACK_SHARE = 0.25
 REDIS_PROBE_INTERVAL = 5.0
 REDIS_TIMEOUT = 2.0
 
-# What a lost, refused or silent Redis raises.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    OSError,
-    TimeoutError,
-)
+# What a lost, refused or silent Redis raises (redis-py's errors and the sockets' under them;
+# TimeoutError is an OSError): the broker's tuple.
+REDIS_ERRORS = CONNECTION_ERRORS
 
 
 class RateLimiter(Protocol):

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import redis.exceptions
 import structlog
 from arq import cron
 from arq.connections import RedisSettings, create_pool
@@ -23,6 +22,7 @@ from redis.backoff import AbstractBackoff, EqualJitterBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.broker import Broker, create_broker
+from server.broker.redis import CONNECTION_ERRORS
 from server.db import create_engine
 from server.dbmetrics import register_pool
 from server.settings import Settings
@@ -42,13 +42,9 @@ QUEUE_NAME = f"{NAMESPACE}:queue"
 # (EX_TEMPFAIL of sysexits.h: a temporary failure, worth a restart by the supervisor).
 EXIT_REDIS_LOST = 75
 
-# What a lost or unreachable Redis raises from redis-py (and the sockets under it).
-REDIS_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    OSError,
-    TimeoutError,
-)
+# What a lost, refused or silent Redis raises (redis-py's errors and the sockets' under them;
+# TimeoutError is an OSError): the broker's tuple.
+REDIS_ERRORS = CONNECTION_ERRORS
 
 # Seconds a PING may take while the worker waits for Redis to come back.
 PING_TIMEOUT = 5.0

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -19,11 +17,13 @@ from sqlalchemy import text
 
 from schema.extensions import classify_error
 from server.db import create_engine
-from server.migrate import upgrade
 from server.settings import Settings
 from tests.support.asgi import graphql, running_app
-from tests.support.postgres_server import PostgresServer, private_postgres_server
-from tests.support.seed import seed_assets, seed_prices
+from tests.support.postgres_server import (
+    PostgresServer,
+    one_price_settings,
+    private_postgres_server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,18 +38,7 @@ async def postgres() -> AsyncIterator[PostgresServer]:
 
 @pytest.fixture
 async def settings(postgres: PostgresServer) -> Settings:
-    settings = Settings.load(
-        _env_file=None, DATABASE_URL=postgres.url, KASPARRO_DB_CONNECT_TIMEOUT=2
-    )
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
-        ids = await seed_assets(engine, ("bitcoin", "BTC", "Bitcoin"))
-        at = datetime(2024, 5, 1, tzinfo=UTC)
-        await seed_prices(engine, [(ids["bitcoin"], "coingecko", at, Decimal("60000"))])
-    finally:
-        await engine.dispose()
-    return settings
+    return await one_price_settings(postgres)
 
 
 def _driver_url(postgres: PostgresServer) -> str:

@@ -22,11 +22,10 @@ from websockets.exceptions import InvalidStatus
 
 from schema.root import build_schema
 from server.auth import fingerprint
-from server.db import create_engine
 from server.logging import _add_request_id
-from server.migrate import upgrade
 from server.ratelimit import MemoryRequestLimiter
 from server.settings import Settings
+from tests.conftest import migrated_engine
 from tests.support.asgi import graphql, running_app
 from tests.support.net import free_port
 
@@ -42,12 +41,8 @@ def settings_for(database_url: str, **env: Any) -> Settings:
 @pytest.fixture
 async def db_url(sqlite_url: str) -> str:
     """A migrated SQLite database (the limits do not depend on the backend)."""
-    settings = Settings.load(_env_file=None, DATABASE_URL=sqlite_url)
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
-    finally:
-        await engine.dispose()
+    async with migrated_engine(sqlite_url):
+        pass
     return sqlite_url
 
 

@@ -200,6 +200,23 @@ async def test_the_compiled_path_is_held_to_the_cost_limit_too(database: str) ->
         }
 
 
+async def first_reply(database: str, protocol: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The first message (keep-alives aside) a server answers one operation with, over
+    `protocol`."""
+    start = "subscribe" if protocol == TRANSPORT_WS else "start"
+    async with (
+        serve_uvicorn(settings_for(database)) as address,
+        connect(address.graphql_ws, subprotocols=[protocol]) as ws,  # type: ignore[list-item]
+    ):
+        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        await ws.send(json.dumps({"type": start, "id": "1", "payload": payload}))
+        message: dict[str, Any] = json.loads(await ws.recv())
+        while message["type"] in ("ka", "ping"):
+            message = json.loads(await ws.recv())
+    return message
+
+
 def error_codes(message: dict[str, Any]) -> list[str]:
     """The codes of a WebSocket operation's errors: refused before it ran (`error`, a list or,
     in the legacy protocol, one error) or a result with errors (`next` / `data`)."""
@@ -214,18 +231,7 @@ def error_codes(message: dict[str, Any]) -> list[str]:
 async def test_websocket_operations_are_held_to_the_cost_limit(
     database: str, protocol: str
 ) -> None:
-    start = "subscribe" if protocol == TRANSPORT_WS else "start"
-    async with (
-        serve_uvicorn(settings_for(database)) as address,
-        connect(address.graphql_ws, subprotocols=[protocol]) as ws,  # type: ignore[list-item]
-    ):
-        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
-        assert json.loads(await ws.recv())["type"] == "connection_ack"
-        payload = {"query": PAGE, "variables": {"n": 500}}
-        await ws.send(json.dumps({"type": start, "id": "1", "payload": payload}))
-        message = json.loads(await ws.recv())
-        while message["type"] in ("ka", "ping"):
-            message = json.loads(await ws.recv())
+    message = await first_reply(database, protocol, {"query": PAGE, "variables": {"n": 500}})
     assert error_codes(message) == ["QUERY_TOO_COSTLY"], message
 
 
@@ -333,18 +339,7 @@ async def test_several_operations_without_a_name_are_refused(client: httpx.Async
 async def test_several_operations_without_a_name_are_refused_over_websocket(
     database: str, protocol: str
 ) -> None:
-    start = "subscribe" if protocol == TRANSPORT_WS else "start"
-    async with (
-        serve_uvicorn(settings_for(database)) as address,
-        connect(address.graphql_ws, subprotocols=[protocol]) as ws,  # type: ignore[list-item]
-    ):
-        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
-        assert json.loads(await ws.recv())["type"] == "connection_ack"
-        payload = {"query": TWO_OPERATIONS}
-        await ws.send(json.dumps({"type": start, "id": "1", "payload": payload}))
-        message = json.loads(await ws.recv())
-        while message["type"] in ("ka", "ping"):
-            message = json.loads(await ws.recv())
+    message = await first_reply(database, protocol, {"query": TWO_OPERATIONS})
     assert message["type"] == "error", message
     payload_errors = message["payload"]
     error = payload_errors[0] if isinstance(payload_errors, list) else payload_errors

@@ -17,9 +17,9 @@ import pytest
 
 from schema.compiled.plan import Compiler
 from server.db import create_engine
-from server.migrate import upgrade
 from server.negotiation import GRAPHQL_RESPONSE_JSON, JSON, response_media_type
 from server.settings import Settings
+from tests.conftest import migrated_engine
 from tests.support.asgi import running_app
 from tests.support.seed import seed_assets, seed_prices
 
@@ -37,12 +37,8 @@ def settings_for(database_url: str, **env: Any) -> Settings:
 @pytest.fixture
 async def db_url(sqlite_url: str) -> str:
     """A migrated SQLite database (negotiation does not depend on the backend)."""
-    settings = Settings.load(_env_file=None, DATABASE_URL=sqlite_url)
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
-    finally:
-        await engine.dispose()
+    async with migrated_engine(sqlite_url):
+        pass
     return sqlite_url
 
 

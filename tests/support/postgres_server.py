@@ -16,9 +16,15 @@ import pwd
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
+from server.db import create_engine
+from server.migrate import upgrade
+from server.settings import Settings
 from tests.support.net import free_port
+from tests.support.seed import seed_assets, seed_prices
 
 START_TIMEOUT = 30
 OS_USER = "postgres"
@@ -149,3 +155,18 @@ async def private_postgres_server() -> AsyncIterator[PostgresServer]:
                 await server.stop("immediate")
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+async def one_price_settings(server: PostgresServer) -> Settings:
+    """The app's settings on `server`, its database migrated and holding one BTC price (for the
+    tests that take the database away under the app)."""
+    settings = Settings.load(_env_file=None, DATABASE_URL=server.url, KASPARRO_DB_CONNECT_TIMEOUT=2)
+    engine = create_engine(settings)
+    try:
+        await upgrade(engine, settings)
+        ids = await seed_assets(engine, ("bitcoin", "BTC", "Bitcoin"))
+        at = datetime(2024, 5, 1, tzinfo=UTC)
+        await seed_prices(engine, [(ids["bitcoin"], "coingecko", at, Decimal("60000"))])
+    finally:
+        await engine.dispose()
+    return settings

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 from arq.constants import retry_key_prefix
 from arq.jobs import Job
-from redis.asyncio import Redis
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -38,7 +37,7 @@ from workers.pipeline.runner import run_error, run_source
 from workers.pipeline.runs import queue_run
 from workers.runtime import Runtime, open_runtime
 from workers.scheduler import Scheduler
-from workers.worker import create_worker, queue_name
+from workers.worker import create_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 KASPARRO = Path(sys.executable).parent / "kasparro"
@@ -376,29 +375,6 @@ def test_run_errors_name_their_cause() -> None:
 
 
 # --- jobs arq replays ----------------------------------------------------------------------
-
-
-@pytest.fixture
-async def namespace(redis_url: str, redis_namespace: str) -> AsyncIterator[str]:
-    yield redis_namespace
-    client = Redis.from_url(redis_url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"arq:*:{redis_namespace}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-async def arq_pool(redis_url: str, namespace: str) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(
-        RedisSettings.from_dsn(redis_url), default_queue_name=queue_name(namespace)
-    )
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
 
 
 async def enqueue_replay(pool: ArqRedis, namespace: str, **kwargs: Any) -> Job:

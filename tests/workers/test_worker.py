@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import pytest
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 from arq.jobs import Job
 from arq.worker import Worker
 from redis.asyncio import Redis
@@ -44,31 +43,6 @@ SLOW_UPSTREAM = 2.0  # seconds the first run spends in its first request, to mak
 @pytest.fixture
 def fake() -> FakeUpstream:
     return FakeUpstream.shared()
-
-
-@pytest.fixture
-async def namespace(redis_url: str, redis_namespace: str) -> AsyncIterator[str]:
-    """This test's namespace; afterwards also arq's own keys of its jobs (`arq:*:<ns>:*`)."""
-    yield redis_namespace
-    client = Redis.from_url(redis_url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"arq:*:{redis_namespace}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-async def arq_pool(redis_url: str, namespace: str) -> AsyncIterator[ArqRedis]:
-    """A client that enqueues onto this test's queue."""
-    pool = await create_pool(
-        RedisSettings.from_dsn(redis_url), default_queue_name=queue_name(namespace)
-    )
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
 
 
 def worker_settings(database_url: str, redis_url: str, fake: FakeUpstream, **env: Any) -> Settings:
