@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
@@ -138,21 +137,12 @@ async def test_total_count_is_computed_only_when_selected(
     app: tuple[Starlette, httpx.AsyncClient],
 ) -> None:
     starlette_app, client = app
-    statements: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
-
-    engine = starlette_app.state.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with recorded_statements(starlette_app.state.engine) as statements:
         await graphql(client, "{ prices(first: 5) { nodes { id } } }")
         without = [s for s in statements if "count(" in s.lower()]
         statements.clear()
         await graphql(client, "{ prices(first: 5) { totalCount } }")
         with_count = [s for s in statements if "count(" in s.lower()]
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     assert without == []
     assert len(with_count) == 1
 
@@ -171,21 +161,12 @@ async def test_a_page_of_500_prices_with_assets_costs_a_fixed_few_statements(
         ],
     )
     starlette_app, client = app
-    statements: list[str] = []
-    engine_sync = starlette_app.state.engine.sync_engine
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(engine_sync, "before_cursor_execute", record)
-    try:
+    with recorded_statements(starlette_app.state.engine) as statements:
         body = await graphql(
             client,
             """{ prices(first: 500) {
             nodes { id symbol asset { id slug name } } pageInfo { hasNextPage } } }""",
         )
-    finally:
-        event.remove(engine_sync, "before_cursor_execute", record)
     assert len(body["data"]["prices"]["nodes"]) == 500
     assert {n["asset"]["slug"] for n in body["data"]["prices"]["nodes"]} == {s for s, _, _ in slugs}
     queries = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
