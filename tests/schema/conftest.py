@@ -15,7 +15,11 @@ from tests.support.asgi import running_app
 
 
 def app_settings(engine: AsyncEngine, **env: Any) -> Settings:
+    """The app on `engine`. These tests write rows behind the app's back and count the
+    statements a request costs: the live hub's look for other processes' commits (twice a
+    second in the embedded default) is put off unless a test asks for it."""
     url = engine.url.render_as_string(hide_password=False)
+    env.setdefault("KASPARRO_LIVE_POLL_INTERVAL", 3600)
     return Settings.load(_env_file=None, DATABASE_URL=url, **env)
 
 
