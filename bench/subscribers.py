@@ -391,7 +391,7 @@ class RecordingBroker:
         self.published: list[tuple[float, float]] = []
 
     async def publish(self, channel: str, data: bytes) -> int:
-        from workers.pipeline.runs import PRICES_CHANNEL
+        from server.broker.channels import PRICES_CHANNEL
 
         before = time.time()
         receivers = await self.inner.publish(channel, data)

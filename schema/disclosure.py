@@ -3,7 +3,7 @@
 Some stored values describe the server rather than the data: a CSV file's absolute path (in a
 price's or a quarantined row's origin, a checkpoint's stream and state, a run's checkpoints and
 drift details) and a failed run's error (exception class names, a database's message). An
-operator, a request carrying a valid API key (server.auth), sees them as stored. Anyone else
+operator, a request carrying a valid API key (server.apikeys), sees them as stored. Anyone else
 sees a file by its base name (`/srv/data/BTC-USD.csv:17` -> `BTC-USD.csv:17`) and a run's error
 as a stable code (`RunErrorCode`) with a fixed message that names no class, path or statement.
 """
@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from server.auth import is_valid_key, presented_key
+from server.apikeys import is_valid_key, presented_key
 from server.source_names import FAMILIES, family_of
 
 # Where a request's answer is kept on its ASGI scope: the key is checked once per request.

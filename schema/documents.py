@@ -51,21 +51,28 @@ from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
 from schema.cost import CostModel, cost_error, operation_cost
 from schema.extensions import classify_error
+from schema.limits import DocumentLimits
 from schema.measure import QUERY_TOO_DEEP, TOO_MANY_SELECTIONS, limit_errors
 from schema.merging import FieldsCanMergeRule
 from schema.variables import VariableRules
-from server.limits import DocumentLimits
-from server.lru import LRU
+from server.lru import LRU, text_bytes
 
 # Distinct documents kept, and the lexical tokens they may hold together. A parsed document
 # takes about 400-600 bytes a token, so the budget bounds the cache near 100 MB in the worst
 # case (every entry at KASPARRO_MAX_TOKENS); the usual queries are a few hundred tokens each.
 DOCUMENT_CACHE_SIZE = 1024
 DOCUMENT_CACHE_TOKENS = 200_000
+# And in bytes: a document's text plus its parse at DOCUMENT_BYTES_PER_TOKEN a token (a string
+# literal is one token of any length: its text counts as it is).
+DOCUMENT_CACHE_BYTES = 64 * 1024 * 1024
+DOCUMENT_BYTES_PER_TOKEN = 500
 # Distinct requests (document, operation name, variables) whose verdict is kept: a frontend
 # sends the same few again and again. Each holds its text and variables (a request body, at most
 # KASPARRO_MAX_QUERY_BYTES), so about 20 MB at worst.
 REQUEST_CACHE_SIZE = 1024
+# And in bytes: each entry counts its key's text and variables, and its coerced variables as
+# much again (`_request_bytes`).
+REQUEST_CACHE_BYTES = 16 * 1024 * 1024
 
 # The three rules about variables, each of which walks every operation again to find its
 # variables' usages: checked together in the validation's own walk (schema.variables).
@@ -146,6 +153,8 @@ class DocumentCache:
         *,
         max_entries: int = DOCUMENT_CACHE_SIZE,
         max_tokens: int = DOCUMENT_CACHE_TOKENS,
+        max_bytes: int = DOCUMENT_CACHE_BYTES,
+        max_request_bytes: int = REQUEST_CACHE_BYTES,
     ) -> None:
         self.schema = schema
         self.limits = limits
@@ -160,15 +169,20 @@ class DocumentCache:
             if limits is not None and limits.max_cost is not None
             else None
         )
-        self._entries: LRU[str, CheckedDocument] = LRU(max_entries, max_tokens)
-        self._requests: LRU[tuple[str, str | None, bytes], CheckedRequest] = LRU(REQUEST_CACHE_SIZE)
+        self._entries: LRU[str, CheckedDocument] = LRU(
+            max_entries, max_bytes, max_weight=max_tokens
+        )
+        self._requests: LRU[tuple[str, str | None, bytes], CheckedRequest] = LRU(
+            REQUEST_CACHE_SIZE, max_request_bytes
+        )
 
     def document(self, query: str) -> CheckedDocument:
         """`query` parsed and validated: from the cache, else checked now and kept."""
         checked = self._entries.get(query)
         if checked is None:
             checked = self._check(query)
-            self._entries.put(query, checked, _token_count(checked.document))
+            tokens = _token_count(checked.document)
+            self._entries.put(query, checked, document_bytes(query, tokens), tokens)
         return checked
 
     def request(
@@ -184,7 +198,7 @@ class DocumentCache:
         checked = self._requests.get(key)
         if checked is None:
             checked = self._check_request(query, operation_name, variables or {})
-            self._requests.put(key, checked)
+            self._requests.put(key, checked, _request_bytes(*key))
         return checked
 
     def __len__(self) -> int:
@@ -335,6 +349,19 @@ class CachedDocuments(SchemaExtension):
 
 def _code(error: GraphQLError) -> Any:
     return (error.extensions or {}).get("code")
+
+
+def document_bytes(query: str, tokens: DocumentNode | int | None) -> int:
+    """What a document takes in memory, about: its text, and its parse at
+    DOCUMENT_BYTES_PER_TOKEN a token (`tokens`: the parsed document, or its token count)."""
+    count = tokens if isinstance(tokens, int) else _token_count(tokens)
+    return text_bytes(query) + count * DOCUMENT_BYTES_PER_TOKEN
+
+
+def _request_bytes(query: str, operation_name: str | None, variables: bytes) -> int:
+    """What one entry of the request cache holds, about: its key, and its coerced variables
+    (counted as their JSON once more) with the verdict's own objects."""
+    return text_bytes(query, operation_name, variables) + len(variables) + 512
 
 
 def _token_count(document: DocumentNode | None) -> int:

@@ -13,8 +13,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import InvalidOperationTypeError
 
-from schema.errors import ServiceUnavailable, UserError
 from server.broker import BrokerUnavailable
+from server.errors import ServiceUnavailable, UserError
 from server.requestid import current_request_id
 
 log = structlog.get_logger(__name__)

@@ -23,7 +23,7 @@ from strawberry.types.arguments import StrawberryArgument
 from strawberry.types.field import StrawberryField
 from strawberry.utils.str_converters import to_camel_case
 
-from schema.errors import UserError
+from server.errors import UserError
 
 # Longer than any symbol, slug, name, source or cursor this API hands out.
 MAX_TEXT_LENGTH = 1_000

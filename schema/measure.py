@@ -23,7 +23,7 @@ from graphql import (
     SelectionSetNode,
 )
 
-from server.limits import DocumentLimits
+from schema.limits import DocumentLimits
 
 QUERY_TOO_DEEP = "QUERY_TOO_DEEP"
 TOO_MANY_ALIASES = "TOO_MANY_ALIASES"

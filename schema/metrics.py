@@ -49,9 +49,9 @@ def record_operation(
 ) -> None:
     """Count one finished operation (and time it, unless it is a subscription)."""
     label = metrics.operation_label(name)
-    metrics.graphql_operations.labels(label, kind, "error" if errors else "ok").inc()
+    metrics.child(metrics.graphql_operations, label, kind, "error" if errors else "ok").inc()
     if kind != "subscription":
-        metrics.graphql_latency.labels(label, kind).observe(elapsed)
+        metrics.child(metrics.graphql_latency, label, kind).observe(elapsed)
     for error in errors:
         code = str((error.extensions or {}).get("code") or "UNKNOWN")
         metrics.graphql_errors.labels(label, kind, code).inc()

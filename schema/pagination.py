@@ -16,16 +16,18 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import strawberry
 from sqlalchemy import Boolean, ColumnElement, Select, exists, literal, select, tuple_, union_all
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
+from strawberry.types import Info
 
-from schema.errors import InvalidCursor, InvalidPageSize
+from schema.context import Context
+from server.errors import InvalidCursor, InvalidPageSize
 
 DEFAULT_PAGE_SIZE = 50
 
@@ -36,6 +38,61 @@ class PageInfo:
     has_previous_page: bool
     start_cursor: str | None
     end_cursor: str | None
+
+
+NodeType = TypeVar("NodeType")
+
+
+@strawberry.type
+class Edge(Generic[NodeType]):
+    """A node of a page and its cursor. The schema names `Edge[Price]` PriceEdge: the node
+    type's name, then Edge (a connection whose edges need another name uses a subclass)."""
+
+    cursor: str
+    node: NodeType
+
+
+@strawberry.type
+class Connection(Generic[NodeType]):
+    """A page of a Relay connection (keyset cursors). A connection of the schema is a subclass
+    for its node type, named and described there, with its `nodes` and `totalCount` fields
+    (`nodes_field`, `total_count_field`, which carry the descriptions) and any of its own:
+
+        @strawberry.type(description="A page of prices ...")
+        class PriceConnection(Connection[Price]):
+            nodes = nodes_field("Prices in the page, without cursors.")
+            total_count = total_count_field("All prices matching the filter ...")
+
+    `count_query` counts all the rows the arguments match; `count` runs it, on a connection of
+    the request's engine (a subclass may read it otherwise).
+    """
+
+    edges: Sequence[Edge[NodeType]]
+    page_info: PageInfo
+    count_query: strawberry.Private[Any]
+
+    async def count(self, engine: AsyncEngine) -> int:
+        async with engine.connect() as conn:
+            return int(await conn.scalar(self.count_query) or 0)
+
+
+def _nodes(self: Connection[NodeType]) -> list[NodeType]:
+    return [edge.node for edge in self.edges]
+
+
+async def _total_count(self: Connection[Any], info: Info[Context, None]) -> int:
+    return await self.count(info.context.engine)
+
+
+def nodes_field(description: str) -> Any:
+    """A connection's `nodes`: the nodes of its page, without cursors."""
+    return strawberry.field(resolver=_nodes, description=description)
+
+
+def total_count_field(description: str) -> Any:
+    """A connection's `totalCount`: all the rows its arguments match (`Connection.count`),
+    counted only when asked."""
+    return strawberry.field(resolver=_total_count, description=description)
 
 
 @dataclass(frozen=True, slots=True)

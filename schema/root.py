@@ -12,8 +12,11 @@ from strawberry.types import ExecutionContext
 
 from schema.assets.query import AssetsQuery
 from schema.documents import CachedDocuments, DocumentCache
+from schema.execution import SchemaExecutionContext
 from schema.extensions import ErrorPolicy, ResponseMeta
 from schema.inputs import check_root_arguments
+from schema.limits import DocumentLimits, document_limits
+from schema.live.streams import StreamFactory
 from schema.metrics import OperationMetrics
 from schema.prices.market import MarketQuery
 from schema.prices.query import PricesQuery
@@ -28,8 +31,6 @@ from schema.runs.query import RunsQuery
 from schema.runs.subscription import RunsSubscription, RunStream
 from schema.scalars import SCALAR_MAP
 from schema.system.query import SystemQuery
-from server.limits import DocumentLimits, document_limits
-from server.live.streams import StreamFactory
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -55,6 +56,8 @@ class Schema(strawberry.Schema):
     default logs every client mistake with a stack trace."""
 
     def __init__(self, *args: Any, limits: DocumentLimits | None = None, **kwargs: Any) -> None:
+        # A subscription's events keep nothing once executed (schema.execution).
+        kwargs.setdefault("execution_context_class", SchemaExecutionContext)
         super().__init__(*args, **kwargs)
         self.documents = DocumentCache(self._schema, limits)
 

@@ -30,18 +30,19 @@ from schema.compiled.catalog import CATALOG
 from schema.compiled.plan import Compiler
 from schema.context import Context
 from schema.extensions import classify_error
-from schema.loaders import create_loaders
+from schema.live.hub import LiveHub
 from schema.prices.cache import PriceCache
 from schema.root import LIVE_STREAMS, build_schema
 from server.auth import ReadKeyMiddleware
 from server.broker import create_broker
+from server.broker.channels import PRICES_CHANNEL, RUNS_CHANNEL
 from server.broker.fanout import FanoutBroker
 from server.compiled import CompiledGraphQL
 from server.db import create_engine, create_sessionmaker, ping
 from server.dbmetrics import register_pool
+from server.debug_memory import debug_routes
 from server.httpcache import HttpCacheMiddleware
 from server.limits import QuerySizeMiddleware, error_response
-from server.live.hub import LiveHub
 from server.live.websocket import LiveRouteMiddleware, LiveServer
 from server.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from server.negotiation import (
@@ -58,19 +59,19 @@ from server.negotiation import (
     shape_result,
 )
 from server.persisted import PersistedQueryMiddleware, create_persisted_store
-from server.queue import open_job_queue
 from server.ratelimit import (
     ClientAddressMiddleware,
     RateLimitMiddleware,
     create_request_limiter,
 )
-from server.requestid import RequestIdMiddleware, current_request_id
+from server.requestid import current_request_id
+from server.requestid_middleware import RequestIdMiddleware
 from server.settings import Settings
 from server.web import web_routes
 from server.web.graphiql import graphiql_headers, graphiql_html
 from server.web.headers import content_security_policy, page_headers
+from workers.jobqueue import open_job_queue
 from workers.metrics import IngestMetrics
-from workers.pipeline.runs import PRICES_CHANNEL, RUNS_CHANNEL
 
 # The media type of the HTTP response being made (server/negotiation.py), for create_response.
 _media_type: ContextVar[str] = ContextVar("graphql_response_media_type", default=JSON)
@@ -212,7 +213,6 @@ class GraphQLApp(GraphQL[Context, None]):
             sessionmaker=state.sessionmaker,
             broker=state.broker,
             request_id=current_request_id(),
-            loaders=create_loaders(state.engine),
             queue=state.queue,
             price_cache=state.price_cache,
             live=getattr(state, "live", None),
@@ -259,8 +259,8 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
         engine = create_engine(settings)
         broker = create_broker(settings.redis_url)
         if settings.redis_url is not None:
-            # One Redis subscription per process, fanned out to the cache and every
-            # subscription in memory.
+            # One Redis subscription per process, fanned out in memory (to the live hub, which
+            # feeds the price cache and every subscription).
             broker = FanoutBroker(broker, (PRICES_CHANNEL, RUNS_CHANNEL))
         app.state.settings = settings
         app.state.engine = engine
@@ -271,11 +271,11 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
             stack.push_async_callback(broker.close)
             if isinstance(broker, FanoutBroker):
                 await broker.start()
-            # Hot reads (latestPrices, the newest candles): stopped before the broker closes.
-            app.state.price_cache = price_cache = PriceCache(engine, broker)
+            # Hot reads (latestPrices, the newest candles), fed by the live hub: stopped after it.
+            app.state.price_cache = price_cache = PriceCache(engine)
             stack.push_async_callback(price_cache.stop)
-            await price_cache.start()
-            # Live subscriptions: the hub reads each commit once; closed before the broker.
+            # Live subscriptions: the hub reads each commit once, and hands every price event to
+            # the cache; closed before the broker.
             app.state.live = hub = LiveHub(
                 engine,
                 broker,
@@ -283,9 +283,11 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
                 on_received=received,
                 # Without Redis: commits by other processes are found in the database.
                 poll_interval=settings.live_poll_interval,
+                price_listeners=[price_cache],
             )
             stack.push_async_callback(hub.stop)
             await hub.start()
+            await price_cache.start()  # once the hub is subscribed: nothing falls in between
             await live.start(hub)
             stack.push_async_callback(live.stop)
             app.state.rate_limiter = limiter = create_request_limiter(settings)
@@ -339,6 +341,7 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
             *web_routes(settings),
+            *debug_routes(settings),  # KASPARRO_DEBUG_MEMORY: operators only
         ],
         middleware=[
             # The client's address behind KASPARRO_TRUSTED_PROXIES, for all that follows.

@@ -1,9 +1,9 @@
-"""API keys: who may call mutations, and who may run GraphQL at all.
+"""API keys: who may run GraphQL at all (mutations check theirs in the schema, HasApiKey).
 
 A key comes in `Authorization: Bearer <key>` or `X-API-Key: <key>` (over WebSocket, also in the
-connection_init payload) and is checked against KASPARRO_API_KEYS in constant time. Keys are
-never logged: only a short one-way fingerprint of a key is ever used as a name (the rate
-limiter's bucket).
+connection_init payload) and is checked against KASPARRO_API_KEYS in constant time
+(server.apikeys). Keys are never logged: only a short one-way fingerprint of a key is ever used
+as a name (the rate limiter's bucket).
 
 With KASPARRO_REQUIRE_READ_KEY one decision, `may_read`, guards every way GraphQL runs: HTTP GET
 and POST, graphql-sse and multipart subscriptions, persisted queries (ReadKeyMiddleware), and
@@ -14,46 +14,20 @@ without a key is GraphiQL's page itself, which runs nothing (`is_graphiql_page`)
 from __future__ import annotations
 
 import hashlib
-import hmac
-from collections.abc import Mapping
-from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
-from strawberry.permission import BasePermission
-from strawberry.types import Info
 
-from schema.errors import Unauthenticated
+from server.apikeys import is_valid_key, presented_key
+from server.errors import Unauthenticated
 from server.limits import GRAPHQL_PATH, error_response
 from server.settings import Settings
-
-
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key the client sent, if any (Bearer token first, then X-API-Key)."""
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    key = headers.get("x-api-key", "").strip()
-    return key or None
-
-
-def is_valid_key(settings: Settings, key: str | None) -> bool:
-    """Whether `key` is one of KASPARRO_API_KEYS; every key is compared, in constant time."""
-    if not key:
-        return False
-    # Digests have one length, so the comparison time says nothing about the keys' lengths.
-    given = hashlib.sha256(key.encode()).digest()
-    matched = False
-    for allowed in settings.api_keys:
-        expected = hashlib.sha256(allowed.get_secret_value().encode()).digest()
-        matched |= hmac.compare_digest(given, expected)
-    return matched
 
 
 def may_read(settings: Settings, key: str | None) -> bool:
     """The read decision for every transport: whether a client that presented `key` (None:
     none) may run GraphQL. Without KASPARRO_REQUIRE_READ_KEY anyone may (mutations still check
-    the key themselves, HasApiKey); with it, only a valid key may."""
+    the key themselves, schema.permissions.HasApiKey); with it, only a valid key may."""
     return not settings.require_read_key or is_valid_key(settings, key)
 
 
@@ -96,23 +70,6 @@ def http_request_allowed(settings: Settings, scope: Scope) -> bool:
 def fingerprint(key: str) -> str:
     """A short, one-way name for a key (safe in Redis key names and logs)."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-class HasApiKey(BasePermission):
-    """The request carries a valid API key; otherwise the error has code UNAUTHENTICATED."""
-
-    message = (
-        "this operation needs an API key: send `Authorization: Bearer <key>` "
-        "or `X-API-Key: <key>` with a key from KASPARRO_API_KEYS"
-    )
-
-    def has_permission(self, source: Any, info: Info[Any, Any], **kwargs: Any) -> bool:
-        context = info.context
-        key = getattr(context, "api_key", None) or presented_key(context.request.headers)
-        return is_valid_key(context.settings, key)
-
-    def on_unauthorized(self) -> None:
-        raise Unauthenticated(self.message)
 
 
 class ReadKeyMiddleware:

@@ -266,7 +266,7 @@ async def _announce_resync(settings: Settings) -> None:
     """Prices changed asset outside a commit event: servers' caches reload (via Redis; an
     embedded server in another process reloads on its next restart)."""
     from server.broker import create_broker
-    from workers.pipeline.runs import PRICES_CHANNEL, publish
+    from server.broker.channels import PRICES_CHANNEL, publish
 
     broker = create_broker(settings.redis_url)
     try:
@@ -327,8 +327,8 @@ async def _ingest(
     from schema.quality.quarantine import run_reasons
     from server.console import ingest_progress, quarantine_summary, runs_table
     from server.db import create_engine
+    from server.queue import run_row
     from workers.pipeline.runner import run_source
-    from workers.pipeline.runs import run_row
     from workers.runtime import open_runtime
     from workers.sources import UnknownSourceError
 

@@ -78,7 +78,7 @@ class CompiledGraphQL:
 
     def _count(self, path: str) -> None:
         if self.metrics is not None:
-            self.metrics.compiled_requests.labels(path).inc()
+            self.metrics.child(self.metrics.compiled_requests, path).inc()
 
     async def _answer(
         self,

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from schema.quality.quarantine import ReasonGroup
-from workers.pipeline.load import BatchOutcome
+from workers.pipeline.outcome import BatchOutcome
 
 STATUS_STYLE = {
     "succeeded": "green",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import event, exc, text
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import greenlet_spawn
 
 from server.settings import Settings
 
@@ -67,6 +69,27 @@ def read_engine(engine: AsyncEngine) -> AsyncEngine:
     if reader is None:
         reader = _readers[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
     return reader
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """A pooled connection's driver connection (asyncpg's) for one statement sent as it is.
+
+    The pool's checkout and checkin only: no SQLAlchemy Connection around it, so none of its
+    per-checkout work (execution options, isolation level set and reset, events), which costs a
+    small read more than the statement itself. asyncpg sends a statement outside any
+    transaction, so a read here is an autocommit read as on `read_engine`. A connection that
+    turns out closed is invalidated rather than pooled again."""
+    fairy = await greenlet_spawn(engine.sync_engine.raw_connection)
+    try:
+        yield fairy.driver_connection
+    except BaseException:
+        driver = fairy.driver_connection
+        if driver is not None and driver.is_closed():
+            fairy.invalidate()
+        raise
+    finally:
+        await greenlet_spawn(fairy.close)
 
 
 async def read(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,12 +19,14 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
 
 MAX_OPERATION_NAMES = 200
+# Label sets whose prometheus-client child is kept at hand (Metrics.child).
+MAX_CHILDREN = 4096
 _OPERATION_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,63}")
 
 
@@ -110,6 +113,20 @@ class Metrics:
         )
         self._operation_names: set[str] = set()
         self._operation_names_lock = threading.Lock()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once per label set: prometheus-client validates
+        and joins the labels on every call, a measurable part of a small request's CPU. The
+        label sets are bounded (routes, methods, statuses, MAX_OPERATION_NAMES), and so is this
+        map, which holds no more than the registry already does."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = metric.labels(*labels)
+            if len(self._children) < MAX_CHILDREN:
+                self._children[key] = found
+        return found
 
     def operation_label(self, name: str | None) -> str:
         """The label for a client-chosen operation name: the first MAX_OPERATION_NAMES names
@@ -155,13 +172,23 @@ class MetricsMiddleware:
             await self.app(scope, receive, record_status)
         finally:
             method = scope["method"]
-            self.metrics.http_requests.labels(route, method, status).inc()
-            self.metrics.http_latency.labels(route, method).observe(time.perf_counter() - started)
+            metrics = self.metrics
+            metrics.child(metrics.http_requests, route, method, status).inc()
+            metrics.child(metrics.http_latency, route, method).observe(
+                time.perf_counter() - started
+            )
 
 
 def _route_of(scope: Scope) -> str:
     app = scope.get("app")
+    # Under a root path the router matches another path than `path`: no shortcut then.
+    path = None if scope.get("root_path") else scope.get("path")
     for route in getattr(app, "routes", []):
+        if path is not None and type(route) is Route and not route.param_convertors:
+            # A plain route: its template is its path, compared without its regular expression.
+            if route.path == path and (route.methods is None or scope["method"] in route.methods):
+                return route.path
+            continue
         match, _ = route.matches(scope)
         if match == Match.FULL:
             return str(getattr(route, "path", "other"))

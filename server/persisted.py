@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from schema.documents import DocumentCache
+from server.broker.channels import KEY_PREFIX
 from server.limits import GRAPHQL_PATH, error_response, read_body, replay_body
 from server.lru import LRU
 from server.settings import Settings
@@ -66,7 +67,7 @@ class PersistedQueryStore:
         max_bytes: int,
         redis_url: str | None = None,
         *,
-        prefix: str = "kasparro:",
+        prefix: str = KEY_PREFIX,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_bytes = max_bytes

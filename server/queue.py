@@ -1,25 +1,23 @@
-"""The job queue triggerIngestion puts runs on, owned by the app's lifespan.
+"""The job queue triggerIngestion puts runs on, and the etl_runs rows it queues.
 
 With REDIS_URL it is the arq queue the workers consume (`ingest` jobs); embedded, it runs the same
-`ingest` job as a task of this process, with a Runtime on the app's engine and broker. Either
-way the job adopts the etl_runs row the mutation created (`queued_id`).
+`ingest` job as a task of this process. Either way the job adopts the etl_runs row the mutation
+created (`queued_id`). Which one a process gets, and with which job, is decided above the core
+(workers.jobqueue.open_job_queue, entered by the app's lifespan).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.broker import Broker
-from server.settings import Settings
 from server.tables import etl_runs
 
 log = structlog.get_logger(__name__)
@@ -39,6 +37,23 @@ class JobQueue(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def queue_run(conn: AsyncConnection, *, source: str, trigger: str) -> int:
+    """A run accepted now and started later by a worker (status "queued")."""
+    run_id = await conn.scalar(
+        etl_runs.insert()
+        .values(source=source, trigger=trigger, status="queued", started_at=datetime.now(UTC))
+        .returning(etl_runs.c.id)
+    )
+    assert run_id is not None
+    return int(run_id)
+
+
+async def run_row(conn: AsyncConnection, run_id: int) -> dict[str, Any]:
+    """An etl_runs row by id, column name to value: what "runs" events carry."""
+    row = (await conn.execute(select(etl_runs).where(etl_runs.c.id == run_id))).mappings().one()
+    return dict(row)
 
 
 async def fail_queued_run(engine: AsyncEngine, run_id: int, error: str) -> None:
@@ -132,49 +147,3 @@ class InProcessJobQueue:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _fail_lost_runs(engine: AsyncEngine) -> None:
-    """Embedded means one process: a run still queued now was lost with the previous one."""
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                update(etl_runs)
-                .where(etl_runs.c.status == "queued")
-                .values(
-                    status="failed",
-                    finished_at=datetime.now(UTC),
-                    error="not started: the server stopped before running it",
-                )
-            )
-    except Exception as exc:  # the database is down: the server still starts
-        log.warning("could not close runs left queued", error=str(exc)[:200])
-
-
-@asynccontextmanager
-async def open_job_queue(
-    settings: Settings, *, engine: AsyncEngine, broker: Broker, metrics: Any = None
-) -> AsyncIterator[JobQueue]:
-    """The queue for these settings, closed (its tasks cancelled) when the context ends.
-
-    `metrics` (workers.metrics.IngestMetrics) counts the runs it starts in this process."""
-    queue: JobQueue
-    if settings.redis_url is not None:
-        from workers.worker import QUEUE_NAME
-
-        queue = RedisJobQueue(settings.redis_url, queue_name=QUEUE_NAME)
-        try:
-            yield queue
-        finally:
-            await queue.close()
-        return
-    from workers.jobs import ingest
-    from workers.runtime import open_runtime
-
-    await _fail_lost_runs(engine)
-    async with open_runtime(settings, engine=engine, broker=broker, metrics=metrics) as runtime:
-        queue = InProcessJobQueue(ingest, {"runtime": runtime}, engine)
-        try:
-            yield queue
-        finally:
-            await queue.close()

@@ -3,8 +3,9 @@
 A client is its API key when it sends a valid one (by fingerprint, never the key), else its
 address. Each bucket holds `burst` requests and refills at `per_minute / 60` a second. Without
 REDIS_URL the buckets live in this process; with it they live in Redis (one Lua script, on the
-server's clock), so every replica shares one budget per client. A Redis outage lets requests
-through: the limiter protects the service, it must not take it down.
+server's clock), so every replica shares one budget per client; both are server.tokenbucket's,
+taking refusing (a refused request takes nothing). A Redis outage lets requests through: the
+limiter protects the service, it must not take it down.
 
 Every operation takes a token, whatever its transport: an HTTP request, a WebSocket connect,
 and each `subscribe` (graphql-transport-ws) or `start` (graphql-ws) on an open socket
@@ -23,27 +24,32 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Protocol
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from schema.errors import RateLimited
-from server.auth import fingerprint, is_valid_key, presented_key, route_path
+from server.apikeys import is_valid_key, presented_key
+from server.auth import fingerprint, route_path
+from server.broker.channels import KEY_PREFIX
+from server.errors import RateLimited
 from server.limits import error_response
 from server.settings import Settings
+from server.tokenbucket import LocalBuckets, RedisBuckets
 
 log = structlog.get_logger(__name__)
 
 LIMITED_PATHS = frozenset({"/graphql"})
+# Redis connections the limiter keeps: a burst of concurrent requests takes turns on them (a
+# script call takes well under a millisecond) instead of each opening one that stays open.
+MAX_REDIS_CONNECTIONS = 16
 
 
 class RequestLimiter(Protocol):
@@ -68,70 +74,46 @@ class MemoryRequestLimiter:
     ) -> None:
         self.rate = per_minute / 60.0
         self.burst = burst
-        self._clock = clock
-        self._max_clients = max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._buckets = LocalBuckets(
+            self.rate, burst, reserve=False, clock=clock, max_keys=max_clients
+        )
 
     async def hit(self, client: str) -> float:
-        now = self._clock()
-        tokens, updated = self._buckets.pop(client, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - updated) * self.rate)
-        wait = 0.0
-        if tokens >= 1:
-            tokens -= 1
-        else:
-            wait = (1 - tokens) / self.rate
-        self._buckets[client] = (tokens, now)
-        while len(self._buckets) > self._max_clients:
-            self._buckets.popitem(last=False)
-        return wait
+        return self._buckets.take(client)
 
     async def close(self) -> None:
         self._buckets.clear()
 
 
-# KEYS[1] bucket; ARGV: tokens per second, burst. Returns the wait in seconds as a string (Lua
-# numbers become integers in replies); a refused request takes nothing from the bucket.
-_HIT_LUA = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
-           'ts', string.format('%.6f', now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return string.format('%.6f', wait)
-"""
-
-
 class RedisRequestLimiter:
-    """Buckets in Redis under `<prefix>ratelimit:client:<client>`, shared by every replica."""
+    """Buckets in Redis under `<prefix>ratelimit:client:<client>`, shared by every replica (a
+    refused request takes nothing from its bucket)."""
 
     def __init__(
-        self, redis_url: str, per_minute: int, burst: int, *, prefix: str = "kasparro:"
+        self, redis_url: str, per_minute: int, burst: int, *, prefix: str = KEY_PREFIX
     ) -> None:
         self.rate = per_minute / 60.0
         self.burst = burst
         self.prefix = f"{prefix}ratelimit:client:"
-        self._redis = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
-        self._script = self._redis.register_script(_HIT_LUA)
+        pool = BlockingConnectionPool.from_url(
+            redis_url,
+            max_connections=MAX_REDIS_CONNECTIONS,
+            timeout=1,  # then the request is let through, as when Redis is down
+            socket_connect_timeout=1,
+            socket_timeout=1,
+        )
+        self._redis = Redis.from_pool(pool)
+        self._buckets = RedisBuckets(self._redis, self.rate, burst, reserve=False)
 
     def key(self, client: str) -> str:
         return self.prefix + client
 
     async def hit(self, client: str) -> float:
         try:
-            reply = await self._script(keys=[self.key(client)], args=[repr(self.rate), self.burst])
+            return await self._buckets.take(self.key(client))
         except (TimeoutError, RedisError, OSError) as exc:
             log.warning("rate limiter unavailable; request let through", error=str(exc)[:200])
             return 0.0
-        return float(reply.decode() if isinstance(reply, bytes) else reply)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -1,27 +1,20 @@
-"""Request ids: taken from X-Request-ID when the client sends a sane one, else generated.
+"""The current request's id: taken from X-Request-ID when the client sends a sane one, else
+generated, and held in a context variable for the request's whole handling.
 
-Every HTTP response carries the id in X-Request-ID, an unexpected error's included: whatever
-raises below this middleware is logged here (with its traceback, for operators only) and
-answered with a JSON 500 whose GraphQL error has code INTERNAL_SERVER_ERROR and the request id.
+Part of the core: log lines (server.logging) and GraphQL responses (schema.extensions) read it;
+the middleware that sets it for each request and echoes it in X-Request-ID is the app's
+(server.requestid_middleware).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from contextvars import ContextVar
-
-import structlog
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from server.negotiation import INTERNAL_SERVER_ERROR, GraphQLErrorResponse
+from contextvars import ContextVar, Token
 
 HEADER = "x-request-id"
 _VALID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _request_id: ContextVar[str] = ContextVar("request_id", default="")
-
-log = structlog.get_logger(__name__)
 
 
 def current_request_id() -> str:
@@ -32,56 +25,15 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def internal_error(request_id: str) -> GraphQLErrorResponse:
-    """The answer to a request that failed in the server's own code: no detail but the id."""
-    message = f"Internal server error (request {request_id})"
-    body = {
-        "data": None,
-        "errors": [{"message": message, "extensions": {"code": INTERNAL_SERVER_ERROR}}],
-        "extensions": {"requestId": request_id},
-    }
-    return GraphQLErrorResponse(body, status_code=500, headers={"Cache-Control": "no-store"})
+def request_id_from(sent: str) -> str:
+    """The id a request goes by: the one the client sent when it is sane, else a new one."""
+    return sent if _VALID.match(sent) else new_request_id()
 
 
-class RequestIdMiddleware:
-    """Sets the request id for the request's context and echoes it in X-Request-ID; answers an
-    unexpected error with a JSON 500 (see the module's docstring)."""
+def set_request_id(request_id: str) -> Token[str]:
+    """Make `request_id` the current one; `reset_request_id(token)` restores the previous."""
+    return _request_id.set(request_id)
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        sent = dict(scope.get("headers", [])).get(HEADER.encode(), b"").decode("latin-1")
-        request_id = sent if _VALID.match(sent) else new_request_id()
-        token = _request_id.set(request_id)
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                MutableHeaders(scope=message)[HEADER] = request_id
-            await send(message)
-
-        try:
-            if scope["type"] == "websocket":
-                # A WebSocket's frames go straight through: no wrapper costs on every message.
-                await self.app(scope, receive, send)
-                return
-            try:
-                await self.app(scope, receive, send_with_id)
-            except Exception as exc:
-                log.error(
-                    "unhandled error while answering a request",
-                    exc_info=exc,
-                    method=scope.get("method"),
-                    path=scope.get("path"),
-                )
-                if started:
-                    raise  # part of the response is out: the server must drop the connection
-                await internal_error(request_id)(scope, receive, send_with_id)
-        finally:
-            _request_id.reset(token)
+def reset_request_id(token: Token[str]) -> None:
+    _request_id.reset(token)

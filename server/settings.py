@@ -66,6 +66,27 @@ class Settings(BaseSettings):
     )
     coinpaprika_api_key: SecretStr | None = Field(None, validation_alias="COINPAPRIKA_API_KEY")
     csv_paths: CommaList = Field(["./data/*.csv"], validation_alias="KASPARRO_CSV_PATHS")
+    # Exchange sources (workers/sources/exchanges/): REST root, WebSocket root and the pairs
+    # followed, comma-separated in the exchange's own spelling.
+    binance_base_url: str = Field("https://api.binance.com", validation_alias="BINANCE_BASE_URL")
+    binance_ws_url: str = Field("wss://stream.binance.com:9443", validation_alias="BINANCE_WS_URL")
+    binance_pairs: CommaList = Field(
+        ["BTCUSDT", "ETHUSDT"], validation_alias="KASPARRO_BINANCE_PAIRS"
+    )
+    coinbase_base_url: str = Field(
+        "https://api.exchange.coinbase.com", validation_alias="COINBASE_BASE_URL"
+    )
+    coinbase_ws_url: str = Field(
+        "wss://ws-feed.exchange.coinbase.com", validation_alias="COINBASE_WS_URL"
+    )
+    coinbase_pairs: CommaList = Field(
+        ["BTC-USD", "ETH-USD"], validation_alias="KASPARRO_COINBASE_PAIRS"
+    )
+    kraken_base_url: str = Field("https://api.kraken.com", validation_alias="KRAKEN_BASE_URL")
+    kraken_ws_url: str = Field("wss://ws.kraken.com/v2", validation_alias="KRAKEN_WS_URL")
+    kraken_pairs: CommaList = Field(
+        ["BTC/USD", "ETH/USD"], validation_alias="KASPARRO_KRAKEN_PAIRS"
+    )
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, validation_alias="KASPARRO_API_KEYS"
@@ -176,6 +197,9 @@ class Settings(BaseSettings):
         "0.0.0.0",  # noqa: S104 - scraped from other containers
         validation_alias="KASPARRO_WORKER_METRICS_HOST",
     )
+    # GET /debug/memory (server.debug_memory): live object counts by type and tracemalloc
+    # differences, for operators (a valid API key) only. Off by default: the route does not exist.
+    debug_memory: bool = Field(False, validation_alias="KASPARRO_DEBUG_MEMORY")
     # A webhook URL often embeds its token (Slack, Teams): kept secret like a password.
     alert_webhook_url: SecretStr | None = Field(None, validation_alias="KASPARRO_ALERT_WEBHOOK_URL")
     smtp_host: str | None = Field(None, validation_alias="KASPARRO_SMTP_HOST")
@@ -303,6 +327,25 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"base URL {value!r} must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("binance_base_url", "coinbase_base_url", "kraken_base_url")
+    @classmethod
+    def _exchange_base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base URL {value!r} must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("binance_ws_url", "coinbase_ws_url", "kraken_ws_url")
+    @classmethod
+    def _exchange_ws_url(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError(f"WebSocket URL {value!r} must start with ws:// or wss://")
+        return value.rstrip("/")
+
+    @field_validator("binance_pairs", "coinbase_pairs", "kraken_pairs", mode="before")
+    @classmethod
+    def _exchange_pairs(cls, value: object) -> object:
+        return _split_csv(value)
 
     @field_validator("ingest_interval")
     @classmethod

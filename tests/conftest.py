@@ -13,15 +13,13 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.db import create_engine
-from server.migrate import upgrade
-from server.settings import Settings
+from tests.support.database import migrate, migrated_engine
 from tests.support.services import (
     postgres_admin_url,
     postgres_template,
@@ -59,6 +57,16 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'kasparro.db'}"
 
 
+@pytest.fixture
+async def migrated_sqlite_url(sqlite_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`sqlite_url` already migrated to head, for the tests that do not depend on the backend
+    (a copy of a file the migrations were run on once per test session)."""
+    database = make_url(sqlite_url).database
+    assert database is not None
+    shutil.copyfile(await _sqlite_template(tmp_path_factory), database)
+    return sqlite_url
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def db_url(
     request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
@@ -74,7 +82,7 @@ async def db_url(
         yield f"sqlite+aiosqlite:///{path}"
         return
     admin = postgres_admin_url()
-    template = await postgres_template(admin, _schema_key(), _migrate) if migrated else None
+    template = await postgres_template(admin, _schema_key(), migrate) if migrated else None
     async with temporary_postgres_database(admin, template=template) as url:
         yield url
 
@@ -89,11 +97,6 @@ def _schema_key() -> str:
     return digest.hexdigest()[:16]
 
 
-async def _migrate(url: str) -> None:
-    async with migrated_engine(url):
-        pass
-
-
 _SQLITE_TEMPLATES: dict[str, Path] = {}
 
 
@@ -103,7 +106,7 @@ async def _sqlite_template(factory: pytest.TempPathFactory) -> Path:
     key = _schema_key()
     if key not in _SQLITE_TEMPLATES:
         path = factory.mktemp("template") / "kasparro.db"
-        await _migrate(f"sqlite+aiosqlite:///{path}")
+        await migrate(f"sqlite+aiosqlite:///{path}")
         _SQLITE_TEMPLATES[key] = path
     return _SQLITE_TEMPLATES[key]
 
@@ -122,18 +125,6 @@ async def redis_namespace(redis_url: str) -> AsyncIterator[str]:
     namespace = f"kasparro-test-{uuid.uuid4().hex[:12]}"
     async with temporary_redis_namespace(redis_url, namespace):
         yield namespace
-
-
-@asynccontextmanager
-async def migrated_engine(url: str) -> AsyncIterator[AsyncEngine]:
-    """The database at `url` migrated to head, and its engine (disposed afterwards)."""
-    settings = Settings.load(_env_file=None, DATABASE_URL=url)
-    engine = create_engine(settings)
-    await upgrade(engine, settings)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

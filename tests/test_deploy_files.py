@@ -628,11 +628,12 @@ def test_ci_tests_on_both_pythons_against_passwordless_service_containers() -> N
     assert workflow_secret_problems(workflow) == []
 
 
-def test_ci_lints_with_ruff_and_mypy() -> None:
+def test_ci_lints_with_ruff_mypy_and_the_import_floors() -> None:
     runs = " && ".join(run_steps(load_yaml(CI)["jobs"]["lint"]))
     assert "ruff check" in runs
     assert "ruff format --check" in runs
     assert re.search(r"\bmypy\b", runs)
+    assert re.search(r"\blint-imports\b", runs)
 
 
 def test_release_pushes_the_image_to_ghcr_on_version_tags() -> None:

@@ -8,9 +8,10 @@ from typing import Any
 import structlog
 from sqlalchemy import select
 
+from server.broker.channels import RUNS_CHANNEL, publish
 from server.tables import etl_runs
 from workers.pipeline.runner import RunResult, run_error, run_source
-from workers.pipeline.runs import RUNS_CHANNEL, close_expired_runs, publish
+from workers.pipeline.runs import close_expired_runs
 from workers.runtime import Runtime
 
 log = structlog.get_logger(__name__)

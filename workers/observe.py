@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import select
 
+from server.queue import run_row
 from server.tables import anomalies, drift_events
-from workers.pipeline.runs import run_row
 
 if TYPE_CHECKING:
     from workers.pipeline.runner import RunResult

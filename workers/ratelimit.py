@@ -6,10 +6,11 @@ A caller cancelled while waiting forfeits its slot; the budget is never exceeded
 
 `MemoryRateLimiter` is one process's budget. `RedisRateLimiter` keeps the bucket in Redis under
 `<prefix>ratelimit:<source>` and updates it with one Lua script using the server's clock, so all
-workers share a single budget. While Redis cannot be reached it falls back to a bucket of this
-process at FALLBACK_SHARE of the budget (the other workers are on theirs too), says so once in
-the log and in its `local_fallback` flag (the kasparro_ratelimit_local_fallback metric), and
-goes back to the shared bucket when Redis answers again.
+workers share a single budget (both buckets are server.tokenbucket's, taking by reserving). While
+Redis cannot be reached it falls back to a bucket of this process at FALLBACK_SHARE of the
+budget (the other workers are on theirs too), says so once in the log and in its
+`local_fallback` flag (the kasparro_ratelimit_local_fallback metric), and goes back to the
+shared bucket when Redis answers again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from server.broker.channels import KEY_PREFIX
 from server.broker.redis import CONNECTION_ERRORS
+from server.tokenbucket import LocalBucket, RedisBuckets
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -74,48 +77,19 @@ class MemoryRateLimiter:
     ) -> None:
         self.rate = _rate(calls_per_minute, burst)
         self.burst = burst
-        self._clock = clock
         self._sleep = sleep
-        self._tokens = float(burst)
-        self._updated = clock()
-
-    def _reserve(self) -> float:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
-        self._tokens -= 1
-        return max(0.0, -self._tokens / self.rate)
+        self._bucket = LocalBucket(self.rate, burst, reserve=True, clock=clock)
 
     async def reserve(self) -> float:
         """Take one token without waiting; return the seconds until it is due."""
-        return self._reserve()
+        return self._bucket.take()
 
     async def acquire(self) -> float:
         """Take one token; sleep until it is due. Returns the seconds waited."""
-        wait = self._reserve()
+        wait = self._bucket.take()
         if wait > 0:
             await self._sleep(wait)
         return wait
-
-
-# KEYS[1] bucket; ARGV: tokens per second, burst. Returns the wait in seconds as a string
-# (Lua numbers become integers in Redis replies). TIME keeps every worker on one clock.
-_ACQUIRE_LUA = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate) - 1
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
-           'ts', string.format('%.6f', now))
-local wait = 0
-if tokens < 0 then wait = -tokens / rate end
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return string.format('%.6f', wait)
-"""
 
 
 class RedisRateLimiter:
@@ -133,7 +107,7 @@ class RedisRateLimiter:
         calls_per_minute: float,
         burst: int = 1,
         *,
-        prefix: str = "kasparro:",
+        prefix: str = KEY_PREFIX,
         sleep: Sleep = asyncio.sleep,
         fallback_share: float = FALLBACK_SHARE,
         probe_interval: float = REDIS_PROBE_INTERVAL,
@@ -146,7 +120,7 @@ class RedisRateLimiter:
         self.burst = burst
         self.source = source
         self.key = f"{prefix}ratelimit:{source}"
-        self._script = redis.register_script(_ACQUIRE_LUA)
+        self._shared = RedisBuckets(redis, self.rate, burst, reserve=True)
         self._sleep = sleep
         self._clock = clock
         self._timeout = timeout
@@ -164,7 +138,7 @@ class RedisRateLimiter:
             return await self._local.reserve()
         try:
             async with asyncio.timeout(self._timeout):
-                reply = await self._script(keys=[self.key], args=[repr(self.rate), self.burst])
+                wait = await self._shared.take(self.key)
         except REDIS_ERRORS as exc:
             self._use_local(exc)
             return await self._local.reserve()
@@ -173,7 +147,7 @@ class RedisRateLimiter:
             log.warning(
                 "rate limit of %s: Redis is back, the shared bucket is used again", self.source
             )
-        return float(reply.decode() if isinstance(reply, bytes) else reply)
+        return wait
 
     async def acquire(self) -> float:
         """Take one token; sleep until it is due. Returns the wait."""
@@ -205,7 +179,7 @@ def make_rate_limiter(
     burst: int = 1,
     *,
     redis: Redis | None = None,
-    prefix: str = "kasparro:",
+    prefix: str = KEY_PREFIX,
 ) -> RateLimiter:
     """The Redis-shared bucket when a client is given (several workers), else an in-memory one."""
     if redis is None:

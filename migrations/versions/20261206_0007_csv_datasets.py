@@ -5,7 +5,7 @@ and days overwrote the first's prices. Rows are now stored under their file's da
 revision widens every `source` column (prices, raw_records, quarantine, drift_events, anomalies,
 checkpoints, etl_runs, asset_aliases) from 32 to 64 characters, then moves the stored `csv` rows
 to the dataset of the file they came from, named by the same detection a run uses:
-`workers.sources.csv_dataset.detect_dataset` (through `workers.sources.csv.dataset_on_disk`
+`workers.sources.csv.dataset.detect_dataset` (through `workers.sources.csv.dataset_on_disk`
 for a file that is still on disk with the rows' header, its banner included).
 
 Where each row came from: prices and quarantine rows by their origin ("file:line"); raw_records
@@ -50,7 +50,7 @@ from alembic import op
 from sqlalchemy.engine import Connection
 
 from workers.sources.csv import dataset_on_disk
-from workers.sources.csv_dataset import DatasetClues, detect_dataset
+from workers.sources.csv.dataset import DatasetClues, detect_dataset
 
 revision: str = "20261206_0007"
 down_revision: str | None = "20261206_0006"

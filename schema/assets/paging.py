@@ -19,7 +19,7 @@ from schema.compiled.render import Rendering
 from schema.compiled.sql import Prepared, Unpreparable
 from schema.compiled.values import PageValue, near_page
 from schema.pagination import PageArgs, page_statement
-from server.db import read_engine
+from server.db import driver_connection, read_engine
 from server.tables import assets
 
 COLUMNS = tuple(column.key for column in assets.c)
@@ -39,20 +39,22 @@ async def load_asset_page(context: Any, kwargs: dict[str, Any], rendering: Rende
         first=first, after=after, last=None, before=None, max_size=context.settings.max_page_size
     )
     far_side = after is not None and ("PageInfo", "hasPreviousPage") in used
-    async with read_engine(context.engine).connect() as conn:
-        prepared = None
-        if conn.dialect.name == "postgresql" and not (search or "").strip() and not far_side:
-            prepared = _prepared(conn.dialect, after is not None) if page.size > 0 else None
-        if prepared is None:
-            result = await asset_page(context, search=search, first=first, after=after)
-            rows, info = result.rows, result.page_info
-        else:
-            values: dict[str, Any] = {"limit": page.size + 1}
-            if after is not None:
-                values["after_symbol"], values["after_id"] = ASSETS_KEYSET.decode(after)
-            fetched = list(await prepared.fetch(conn, values))
-            rows, info = near_page(fetched, page, ASSETS_KEYSET, _key)
-        if ("AssetConnection", "totalCount") in used:
+    engine = context.engine
+    prepared = None
+    if engine.dialect.name == "postgresql" and not (search or "").strip() and not far_side:
+        prepared = _prepared(engine.dialect, after is not None) if page.size > 0 else None
+    if prepared is None:
+        result = await asset_page(context, search=search, first=first, after=after)
+        rows, info = result.rows, result.page_info
+    else:
+        values: dict[str, Any] = {"limit": page.size + 1}
+        if after is not None:
+            values["after_symbol"], values["after_id"] = ASSETS_KEYSET.decode(after)
+        async with driver_connection(engine) as driver:
+            fetched = list(await prepared.fetch_on(driver, values))
+        rows, info = near_page(fetched, page, ASSETS_KEYSET, _key, _cursor)
+    if ("AssetConnection", "totalCount") in used:
+        async with read_engine(engine).connect() as conn:
             total = int(await conn.scalar(asset_count_query(search)) or 0)
     return PageValue(rows, info, _cursor, total)
 

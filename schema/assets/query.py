@@ -12,12 +12,12 @@ from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.types import Info
 
-from schema.assets.types import Asset, AssetConnection, AssetEdge
+from schema.assets.types import Asset, AssetConnection
 from schema.context import Context
-from schema.errors import UserError
 from schema.inputs import INT32_MAX, parse_id
-from schema.pagination import Keyset, Page, PageArgs, fetch_page, parse_int32, parse_text
+from schema.pagination import Edge, Keyset, Page, PageArgs, fetch_page, parse_int32, parse_text
 from server.db import read_engine
+from server.errors import UserError
 from server.tables import asset_aliases, assets, prices
 
 ASSETS_KEYSET = Keyset(
@@ -147,7 +147,7 @@ class AssetsQuery:
     ) -> AssetConnection:
         result = await asset_page(info.context, search=search, first=first, after=after)
         edges = [
-            AssetEdge(cursor=ASSETS_KEYSET.cursor((row.symbol, row.id)), node=Asset.from_row(row))
+            Edge(cursor=ASSETS_KEYSET.cursor((row.symbol, row.id)), node=Asset.from_row(row))
             for row in result.rows
         ]
         return AssetConnection(

@@ -7,10 +7,11 @@ from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.types import Info
 
 from schema.context import Context
-from schema.pagination import PageInfo
+from schema.pagination import Connection, nodes_field, total_count_field
 from schema.prices.latest import PriceRow
 from server.db import read_engine
 from server.source_names import selects
@@ -179,23 +180,11 @@ class Asset:
         return Spread.of(rows, window_seconds=info.context.settings.spread_window)
 
 
-@strawberry.type
-class AssetEdge:
-    cursor: str
-    node: Asset
-
-
 @strawberry.type(description="A page of assets, by symbol then id (Relay, keyset cursors).")
-class AssetConnection:
-    edges: list[AssetEdge]
-    page_info: PageInfo
-    count_query: strawberry.Private[Any]
+class AssetConnection(Connection[Asset]):
+    nodes = nodes_field("Assets in the page, without cursors.")
+    total_count = total_count_field("All assets matching the search (counted only when asked).")
 
-    @strawberry.field(description="Assets in the page, without cursors.")
-    def nodes(self) -> list[Asset]:
-        return [edge.node for edge in self.edges]
-
-    @strawberry.field(description="All assets matching the search (counted only when asked).")
-    async def total_count(self, info: Info[Context, None]) -> int:
-        async with read_engine(info.context.engine).connect() as conn:
+    async def count(self, engine: AsyncEngine) -> int:
+        async with read_engine(engine).connect() as conn:
             return int(await conn.scalar(self.count_query) or 0)

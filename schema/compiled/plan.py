@@ -37,13 +37,21 @@ from schema.compiled.collect import Unsupported, collect, directive_variables
 from schema.compiled.render import Access, Child, Rendering, Shape, compile_rendering
 from schema.compiled.values import operator_view
 from schema.disclosure import is_operator
+from schema.documents import document_bytes
 from schema.inputs import check_arguments
-from server.lru import LRU
+from server.lru import LRU, text_bytes
 
 PLAN_CACHE_SIZE = 1000
+# And in bytes: a plan counts its text and document (which it keeps alive even once the
+# document cache has let it go), its compiled parts, and its bound-arguments cache at its
+# fullest.
+PLAN_CACHE_BYTES = 64 * 1024 * 1024
+PLAN_BYTES = 8 * 1024
 MAX_VARIANTS = 32
-# Distinct variables per plan whose coerced arguments are kept.
+# Distinct variables per plan whose coerced arguments are kept, and the bytes they may take
+# (their JSON text, and the coerced arguments as much again).
 BOUND_CACHE_SIZE = 64
+BOUND_CACHE_BYTES = 32 * 1024
 
 Loader = Callable[[Any, dict[str, Any], Rendering], Awaitable[Any]]
 """(context, the resolver's keyword arguments, the compiled rendering) -> the value to render."""
@@ -86,19 +94,32 @@ class _Root:
 class Compiler:
     """Plans per request text, for one schema (a schema.root.Schema: its document cache)."""
 
-    def __init__(self, schema: Any, catalog: Catalog, *, cache_size: int = PLAN_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        schema: Any,
+        catalog: Catalog,
+        *,
+        cache_size: int = PLAN_CACHE_SIZE,
+        cache_bytes: int = PLAN_CACHE_BYTES,
+    ) -> None:
         self.strawberry = schema
         self.schema: GraphQLSchema = schema._schema
         self.catalog = catalog
         # A plan, or None (the executor's): kept in a tuple so that a miss is told from None.
-        self._plans: LRU[tuple[str, str | None], tuple[OperationPlan | None]] = LRU(cache_size)
+        self._plans: LRU[tuple[str, str | None], tuple[OperationPlan | None]] = LRU(
+            cache_size, cache_bytes
+        )
 
     def plan(self, query: str, operation_name: str | None) -> OperationPlan | None:
         key = (query, operation_name)
         cached = self._plans.get(key)
         if cached is None:
-            cached = (self._compile(query, operation_name),)
-            self._plans.put(key, cached)
+            plan = self._compile(query, operation_name)
+            size = text_bytes(query, operation_name)
+            if plan is not None:
+                size += document_bytes(query, plan.document) + PLAN_BYTES + BOUND_CACHE_BYTES
+            cached = (plan,)
+            self._plans.put(key, cached, size)
         return cached[0]
 
     def _compile(self, query: str, operation_name: str | None) -> OperationPlan | None:
@@ -137,7 +158,7 @@ class OperationPlan:
         self._conditions = directive_variables([operation, *fragments.values()])
         self._variants: dict[tuple[Any, ...], list[_Root] | None] = {}
         self._requests: LRU[bytes, tuple[list[tuple[_Root, dict[str, Any]]] | None]] = LRU(
-            BOUND_CACHE_SIZE
+            BOUND_CACHE_SIZE, BOUND_CACHE_BYTES
         )
 
     async def execute(
@@ -188,7 +209,7 @@ class OperationPlan:
                 bound = None if roots is None else [(r, self._kwargs(r, coerced)) for r in roots]
             except Exception:  # arguments the executor will report on
                 bound = None
-        self._requests.put(key, (bound,))
+        self._requests.put(key, (bound,), text_bytes(key) + len(key) + 256)
         return bound
 
     def _kwargs(self, root: _Root, coerced: Any) -> dict[str, Any]:

@@ -57,9 +57,13 @@ class Prepared:
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
         try:
-            rows: Sequence[Any] = await driver.fetch(self.text, *[values[s] for s in self.slots])
+            return await self.fetch_on(driver, values)
         except Exception:
             if driver.is_closed():  # never hand a dead connection back to the pool
                 await conn.invalidate()
             raise
+
+    async def fetch_on(self, driver: Any, values: Mapping[str, Any]) -> Sequence[Any]:
+        """The rows for these slot values, on an asyncpg connection (`driver_connection`)."""
+        rows: Sequence[Any] = await driver.fetch(self.text, *[values[s] for s in self.slots])
         return rows

@@ -83,19 +83,25 @@ NAMESPACE: dict[str, Any] = {
 
 
 def near_page(
-    rows: list[Any], page: PageArgs, keyset: Keyset, key_of: Callable[[Any], tuple[Any, ...]]
+    rows: list[Any],
+    page: PageArgs,
+    keyset: Keyset,
+    key_of: Callable[[Any], tuple[Any, ...]],
+    cursor: Callable[..., str] | None = None,
 ) -> tuple[list[Any], PageInfo]:
     """A page from the `size + 1` rows read past its cursor: the rows in page order, and its
-    pageInfo (the far side of the cursor, not read, is False)."""
+    pageInfo (the far side of the cursor, not read, is False). `cursor(*key)`, when given, is
+    the keyset's cursor of a key (a cached one, say)."""
     more = len(rows) > page.size
     rows = rows[: page.size]
     if page.backwards:
         rows.reverse()
+    encode = keyset.cursor if cursor is None else (lambda key: cursor(*key))
     info = PageInfo(
         has_next_page=more and not page.backwards,
         has_previous_page=more and page.backwards,
-        start_cursor=keyset.cursor(key_of(rows[0])) if rows else None,
-        end_cursor=keyset.cursor(key_of(rows[-1])) if rows else None,
+        start_cursor=encode(key_of(rows[0])) if rows else None,
+        end_cursor=encode(key_of(rows[-1])) if rows else None,
     )
     return rows, info
 

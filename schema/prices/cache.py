@@ -1,14 +1,17 @@
 """The hot-read cache: the newest price per (asset, source) and the newest candles, in memory.
 
-One per process, started by the app's lifespan, with one subscription to the broker's "prices"
-channel. It subscribes before it reads the database, so nothing committed in between is missed.
-A price event names the rows a commit inserted; the cache reads them by primary key (the payload
-carries no open/high/low nor provenance, which `Price` and candles need) and applies them. A
-`Gap` (a reconnect, an overflow), an unreadable message or a failed read makes it reload from the
-database. While it is not ready (starting, reloading, disconnected) every reader gets None and
-falls back to SQL: it never answers from a state it knows to be incomplete. Without a
-cross-process broker (no REDIS_URL), the live hub announces on this process's broker the commits
-of other processes it finds in the database (server.live.hub), so they reach the cache too.
+One per process, made and started by the app's lifespan. It does not subscribe to the broker: it
+is a price listener (server.broker.channels.PriceListener) of the process's one follower of the
+"prices" channel, the live hub, which the lifespan gives it to. The hub subscribes before the
+cache reads the database, or tells it to read again once subscribed, so nothing committed in
+between is missed. A price event names the rows a commit inserted; the cache reads them by
+primary key (the payload carries no open/high/low nor provenance, which `Price` and candles need)
+and applies them, in its own task: a slow read never holds up the hub. Events missed (a `Gap`, a
+backlog overflow), an unreadable event or a failed read make it reload from the database. While
+it is not ready (starting, reloading, the database away) every reader gets None and falls back to
+SQL: it never answers from a state it knows to be incomplete. Without a cross-process broker (no
+REDIS_URL), the hub announces on this process's broker the commits of other processes it finds in
+the database, so they reach the cache too.
 
 Candles are cached per (asset, interval, source, family or all) for the default range of the
 interval, loaded on first use. Buckets before the previous one are kept aggregated ("sealed"); the
@@ -21,9 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections import OrderedDict
-from collections.abc import Collection, Iterator
+from collections import OrderedDict, deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -40,14 +42,16 @@ from schema.prices.candles import (
     observations_since,
 )
 from schema.prices.latest import PriceRow, latest_rows, rows_by_id, sorted_rows
-from server.broker import Broker, Gap, Message
+from server.broker.backoff import backoff_delays
+from server.broker.channels import price_ids
 from server.source_names import family_of, selects
 from server.tables import assets
-from workers.pipeline.runs import PRICES_CHANNEL
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_MAX_WINDOWS = 256
+# Events waiting to be applied; past it they are dropped for one reload.
+DEFAULT_MAX_BACKLOG = 10_000
 
 WindowKey = tuple[int, Interval, str | None]
 
@@ -101,38 +105,21 @@ class CandleWindow:
         return sorted(found, key=lambda row: row.bucket_start)
 
 
-def price_ids(data: bytes) -> list[int]:
-    """The price ids of a published commit; ValueError when the message is not one."""
-    try:
-        payload = json.loads(data)
-        ids = [int(price["id"]) for price in payload["prices"]]
-        return ids + [int(price_id) for price_id in payload.get("updated_ids", ())]
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"unreadable price event: {exc!r}") from None
-
-
-def _backoff(initial: float = 0.1, cap: float = 5.0) -> Iterator[float]:
-    delay = initial
-    while True:
-        yield delay
-        delay = min(delay * 2, cap)
-
-
 class PriceCache:
     """See the module docstring. Readers get None whenever they must use SQL instead."""
 
     def __init__(
         self,
         engine: AsyncEngine,
-        broker: Broker,
         *,
-        channel: str = PRICES_CHANNEL,
         max_windows: int = DEFAULT_MAX_WINDOWS,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
     ) -> None:
+        if max_backlog < 1:
+            raise ValueError(f"max_backlog must be at least 1, got {max_backlog!r}")
         self._engine = engine
-        self._broker = broker
-        self._channel = channel
         self._max_windows = max_windows
+        self._max_backlog = max_backlog
         self._latest: dict[int, dict[str, PriceRow]] = {}
         self._sorted: list[PriceRow] | None = None
         self._names: dict[int, AssetName] = {}
@@ -144,6 +131,11 @@ class PriceCache:
         self._ready = False
         self._attempted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # What the hub handed over and is not applied yet: a reload is due first when `_missed`
+        # holds its reason; `_backlog` holds the events that came after the last such request.
+        self._missed: str | None = None
+        self._backlog: deque[bytes] = deque()
+        self._wake = asyncio.Event()
         self.reloads = 0
         """How many times the state was (re)loaded from the database."""
         self.applied = 0
@@ -153,51 +145,83 @@ class PriceCache:
 
     @property
     def ready(self) -> bool:
-        """Loaded and following the broker: reads are answered from memory."""
+        """Loaded and fed by the hub: reads are answered from memory."""
         return self._ready
 
     async def start(self, *, wait: float = 5.0) -> None:
-        """Start following the broker; wait (at most `wait` s) for the first load to end.
+        """Load from the database and apply what the hub hands over from then on; wait (at most
+        `wait` s) for the first load to end.
 
-        A first attempt that fails (database or broker down) is retried in the background; until
-        one succeeds every read falls back to SQL.
+        A first attempt that fails (the database down) is retried in the background; until one
+        succeeds every read falls back to SQL.
         """
         if self._task is not None:
             raise RuntimeError("the price cache is already started")
         self._attempted.clear()
+        self._backlog.clear()
+        self._missed = "started"
         self._task = asyncio.create_task(self._follow(), name="price-cache")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 await self._attempted.wait()
 
     async def stop(self) -> None:
-        """Unsubscribe and stop; reads fall back to SQL afterwards."""
+        """Stop; what the hub hands over is ignored and reads fall back to SQL afterwards."""
         task, self._task = self._task, None
         self._ready = False
+        self._backlog.clear()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    # ---- what the hub hands over (PriceListener): queued, never waited for ----
+
+    def prices_published(self, data: bytes) -> None:
+        """One "prices" event, applied in order by the cache's task."""
+        if self._task is None:
+            return  # not started: the start loads everything
+        if len(self._backlog) >= self._max_backlog:
+            self.prices_missed(f"more than {self._max_backlog} events waiting")
+        self._backlog.append(data)
+        self._wake.set()
+
+    def prices_missed(self, reason: str) -> None:
+        """Events may have been missed: reload, which covers every event waiting now."""
+        if self._task is None:
+            return
+        self._backlog.clear()
+        self._missed = reason
+        self._wake.set()
+
     async def _follow(self) -> None:
-        delays = _backoff()
+        delays = backoff_delays(initial=0.1, cap=5.0)
         while True:
             try:
-                async with self._broker.subscribe(self._channel) as subscription:
-                    await self._reload()
-                    self._attempted.set()
-                    delays = _backoff()
-                    async for event in subscription:
-                        if isinstance(event, Gap):
-                            log.info("price events may be lost; reloading", reason=event.reason)
-                            await self._reload()
-                        else:
-                            await self._apply(event)
+                await self._take()
+                delays = backoff_delays(initial=0.1, cap=5.0)
             except Exception as exc:  # cancellation (stop) is not an Exception: it ends this
-                log.warning("price cache stopped following; retrying", error=repr(exc)[:300])
-            self._unready()
+                log.warning("price cache could not read; retrying", error=repr(exc)[:300])
+                self._unready()
+                self._attempted.set()
+                self._missed = self._missed or "retrying"
+                await asyncio.sleep(next(delays))
+
+    async def _take(self) -> None:
+        """Reload when due, apply the next event, or wait for one."""
+        if self._missed is not None:
+            # Set again if it fails (by _follow) or if more is missed meanwhile (by the hub).
+            reason, self._missed = self._missed, None
+            self._backlog.clear()  # what is waiting now was committed before the reload reads
+            if self.reloads:
+                log.info("price events may be lost; reloading", reason=reason)
+            await self._reload()
             self._attempted.set()
-            await asyncio.sleep(next(delays))
+        elif self._backlog:
+            await self._apply(self._backlog.popleft())
+        else:
+            self._wake.clear()
+            await self._wake.wait()
 
     def _unready(self) -> None:
         self._ready = False
@@ -220,9 +244,9 @@ class PriceCache:
         self.reloads += 1
         self._ready = True
 
-    async def _apply(self, message: Message) -> None:
+    async def _apply(self, data: bytes) -> None:
         try:
-            ids = price_ids(message.data)
+            ids = price_ids(data)
         except ValueError as exc:
             log.warning("reloading the price cache", error=str(exc)[:300])
             await self._reload()

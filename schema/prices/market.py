@@ -17,7 +17,6 @@ from schema.assets.query import (
     parse_asset_id,
 )
 from schema.context import Context
-from schema.errors import UserError
 from schema.prices.candles import (
     CandleRow,
     Interval,
@@ -31,6 +30,7 @@ from schema.prices.latest import PriceRow, latest_rows
 from schema.prices.query import validate_sources
 from schema.prices.types import Price
 from server.db import read_engine
+from server.errors import UserError
 
 MAX_CANDLE_BUCKETS = 1000
 

@@ -31,7 +31,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from schema.errors import UnknownSource, UserError
 from schema.pagination import (
     Keyset,
     Page,
@@ -45,6 +44,7 @@ from schema.pagination import (
     pinned,
 )
 from schema.prices.types import PriceOrder
+from server.errors import UnknownSource, UserError
 from server.settings import KNOWN_SOURCES
 from server.source_names import families_in, is_dataset_source, selects
 from server.sqltypes import ExactDecimal

@@ -11,7 +11,7 @@ from strawberry.types import Info
 from strawberry.types.nodes import SelectedField, Selection
 
 from schema.context import Context
-from schema.pagination import Page, PageArgs
+from schema.pagination import Edge, Page, PageArgs
 from schema.prices.page import (
     KEYSETS,
     check_window,
@@ -27,7 +27,6 @@ from schema.prices.types import (
     FIELD_COLUMNS,
     Price,
     PriceConnection,
-    PriceEdge,
     PriceFilter,
     PriceOrder,
 )
@@ -123,8 +122,7 @@ class PricesQuery:
         asset_ids, names, result = await read(context.engine, work)
         keyset, key = KEYSETS[order_by], key_of(order_by)
         edges = [
-            PriceEdge(cursor=keyset.cursor(key(row)), node=Price.from_row(row))
-            for row in result.rows
+            Edge(cursor=keyset.cursor(key(row)), node=Price.from_row(row)) for row in result.rows
         ]
         count_query = price_count(
             asset_ids=asset_ids, sources=names, from_=where.from_, to=where.to

@@ -1,6 +1,6 @@
 """priceUpdates and priceBatches: newly inserted prices, live, resumable from a Price.cursor.
 
-Both are streams of the live hub (server.live): it reads each commit's new rows once per process
+Both are streams of the live hub (schema.live.hub): it reads each commit's new rows once per process
 and hands them to every subscription; this module says which rows a subscription wants, how they
 become messages (one price each, or one list per commit), and how to replay from the database
 what came after a cursor. The hub makes the hand-off from replay to live exact (no gap, no
@@ -18,14 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.types import Info
 
 from schema.context import Context
-from schema.errors import ServiceUnavailable, UserError, graphql_error
+from schema.live.hub import PriceCommit
+from schema.live.streams import Item, Stream
+from schema.live.values import values
 from schema.pagination import decode_cursor, parse_int
 from schema.prices.latest import ROW_COLUMNS, PriceRow
 from schema.prices.query import validate_sources
 from schema.prices.types import INGEST_CURSOR, Price
-from server.live.hub import PriceCommit
-from server.live.streams import PRICES_TOPIC, Item, Stream
-from server.live.values import values
+from server.broker.channels import PRICES_CHANNEL
+from server.errors import ServiceUnavailable, UserError, graphql_error
 from server.source_names import selects, stored_under
 from server.tables import assets, prices
 
@@ -85,7 +86,7 @@ class PriceStream(Stream):
     """The prices a priceUpdates (one per message) or priceBatches (a list per commit)
     subscription wants."""
 
-    topic = PRICES_TOPIC
+    topic = PRICES_CHANNEL
 
     def __init__(self, where: PriceFilterSet, after: int | None, *, batches: bool) -> None:
         self.where = where

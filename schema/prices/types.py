@@ -8,12 +8,13 @@ from enum import Enum
 from typing import Any
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.types import Info
 
 from schema.assets.types import Asset
 from schema.context import Context
 from schema.disclosure import is_operator, public_location
-from schema.pagination import PageInfo, encode_cursor
+from schema.pagination import Connection, encode_cursor, nodes_field, total_count_field
 from server.db import read
 
 INGEST_CURSOR = "ingest"
@@ -138,25 +139,13 @@ class Price:
         return Asset.from_row(row)
 
 
-@strawberry.type
-class PriceEdge:
-    cursor: str
-    node: Price
-
-
 @strawberry.type(description="A page of prices (Relay connection with keyset cursors).")
-class PriceConnection:
-    edges: list[PriceEdge]
-    page_info: PageInfo
-    count_query: strawberry.Private[Any]
+class PriceConnection(Connection[Price]):
+    nodes = nodes_field("Prices in the page, without cursors.")
+    total_count = total_count_field("All prices matching the filter (counted only when asked).")
 
-    @strawberry.field(description="Prices in the page, without cursors.")
-    def nodes(self) -> list[Price]:
-        return [edge.node for edge in self.edges]
-
-    @strawberry.field(description="All prices matching the filter (counted only when asked).")
-    async def total_count(self, info: Info[Context, None]) -> int:
+    async def count(self, engine: AsyncEngine) -> int:
         query = self.count_query
         if query is None:  # nothing can match (no asset has the symbols)
             return 0
-        return int(await read(info.context.engine, lambda conn: conn.scalar(query)) or 0)
+        return int(await read(engine, lambda conn: conn.scalar(query)) or 0)

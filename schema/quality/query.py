@@ -11,8 +11,8 @@ from sqlalchemy import ColumnElement, Select, String, Table, func, select
 from strawberry.types import Info
 
 from schema.context import Context
-from schema.errors import UserError
 from schema.pagination import (
+    Edge,
     Keyset,
     PageArgs,
     PageInfo,
@@ -26,15 +26,14 @@ from schema.quality.quarantine import KIND_LIST, KIND_NAMES, kind_expression
 from schema.quality.types import (
     Anomaly,
     AnomalyConnection,
-    AnomalyEdge,
     DriftEvent,
     DriftEventConnection,
-    DriftEventEdge,
     QuarantineConnection,
     QuarantinedRecord,
     QuarantineEdge,
 )
 from schema.runs.query import run_id as parse_run_id
+from server.errors import UserError
 from server.source_names import stored_under
 from server.tables import anomalies, drift_events, quarantine
 
@@ -155,7 +154,7 @@ class QualityQuery:
     ) -> DriftEventConnection:
         filters = Filters(source, run_id, kind)
         rows, page_info, count_query = await _page(info, DRIFT_ORDER, filters, first, after)
-        edges = [DriftEventEdge(cursor=c, node=DriftEvent.from_row(row)) for c, row in rows]
+        edges = [Edge(cursor=c, node=DriftEvent.from_row(row)) for c, row in rows]
         return DriftEventConnection(edges=edges, page_info=page_info, count_query=count_query)
 
     @strawberry.field(description="Statistical outliers of runs and prices, newest first.")
@@ -176,7 +175,7 @@ class QualityQuery:
     ) -> AnomalyConnection:
         filters = Filters(source, run_id, kind)
         rows, page_info, count_query = await _page(info, ANOMALIES_ORDER, filters, first, after)
-        edges = [AnomalyEdge(cursor=c, node=Anomaly.from_row(row)) for c, row in rows]
+        edges = [Edge(cursor=c, node=Anomaly.from_row(row)) for c, row in rows]
         return AnomalyConnection(edges=edges, page_info=page_info, count_query=count_query)
 
     @strawberry.field(

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 import strawberry
-from sqlalchemy import ColumnElement, Select
+from sqlalchemy import ColumnElement
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from schema.assets.types import Asset
 from schema.context import Context
 from schema.disclosure import is_operator, public_json, public_location, public_text
-from schema.errors import UserError
-from schema.pagination import PageInfo
+from schema.pagination import Connection, Edge, nodes_field, total_count_field
 from schema.quality.quarantine import (
     KIND_LIST,
     KINDS_DESCRIPTION,
@@ -24,6 +24,7 @@ from schema.quality.quarantine import (
     reason_kind,
 )
 from server.db import read
+from server.errors import UserError
 
 MAX_EXAMPLES = 20
 
@@ -126,48 +127,18 @@ class Anomaly:
         return None if row is None else Asset.from_row(row)
 
 
-@strawberry.type
-class DriftEventEdge:
-    cursor: str
-    node: DriftEvent
-
-
 @strawberry.type(description="A page of drift events, newest first (keyset cursors).")
-class DriftEventConnection:
-    edges: list[DriftEventEdge]
-    page_info: PageInfo
-    count_query: strawberry.Private[Select[Any]]
-
-    @strawberry.field(description="Events in the page, without cursors.")
-    def nodes(self) -> list[DriftEvent]:
-        return [edge.node for edge in self.edges]
-
-    @strawberry.field(description="All events matching the arguments (counted only when asked).")
-    async def total_count(self, info: Info[Context, None]) -> int:
-        async with info.context.engine.connect() as conn:
-            return int(await conn.scalar(self.count_query) or 0)
-
-
-@strawberry.type
-class AnomalyEdge:
-    cursor: str
-    node: Anomaly
+class DriftEventConnection(Connection[DriftEvent]):
+    nodes = nodes_field("Events in the page, without cursors.")
+    total_count = total_count_field("All events matching the arguments (counted only when asked).")
 
 
 @strawberry.type(description="A page of anomalies, newest first (keyset cursors).")
-class AnomalyConnection:
-    edges: list[AnomalyEdge]
-    page_info: PageInfo
-    count_query: strawberry.Private[Select[Any]]
-
-    @strawberry.field(description="Anomalies in the page, without cursors.")
-    def nodes(self) -> list[Anomaly]:
-        return [edge.node for edge in self.edges]
-
-    @strawberry.field(description="All anomalies matching the arguments (counted only when asked).")
-    async def total_count(self, info: Info[Context, None]) -> int:
-        async with info.context.engine.connect() as conn:
-            return int(await conn.scalar(self.count_query) or 0)
+class AnomalyConnection(Connection[Anomaly]):
+    nodes = nodes_field("Anomalies in the page, without cursors.")
+    total_count = total_count_field(
+        "All anomalies matching the arguments (counted only when asked)."
+    )
 
 
 @strawberry.type(
@@ -257,26 +228,17 @@ EXAMPLES_ARGUMENT = strawberry.argument(
 
 
 @strawberry.type
-class QuarantineEdge:
-    cursor: str
-    node: QuarantinedRecord
+class QuarantineEdge(Edge[QuarantinedRecord]):
+    """Named QuarantineEdge, as its connection is (`Edge[QuarantinedRecord]` would be
+    QuarantinedRecordEdge)."""
 
 
 @strawberry.type(description="A page of quarantined rows, newest first (keyset cursors).")
-class QuarantineConnection:
-    edges: list[QuarantineEdge]
-    page_info: PageInfo
-    count_query: strawberry.Private[Select[Any]]
+class QuarantineConnection(Connection[QuarantinedRecord]):
+    edges: Sequence[QuarantineEdge]
     conditions: strawberry.Private[list[ColumnElement[bool]]]
-
-    @strawberry.field(description="Rows in the page, without cursors.")
-    def nodes(self) -> list[QuarantinedRecord]:
-        return [edge.node for edge in self.edges]
-
-    @strawberry.field(description="All rows matching the arguments (counted only when asked).")
-    async def total_count(self, info: Info[Context, None]) -> int:
-        async with info.context.engine.connect() as conn:
-            return int(await conn.scalar(self.count_query) or 0)
+    nodes = nodes_field("Rows in the page, without cursors.")
+    total_count = total_count_field("All rows matching the arguments (counted only when asked).")
 
     @strawberry.field(
         description="All rows matching the arguments (not only this page) counted by kind, "

@@ -9,13 +9,13 @@ import structlog
 from strawberry.types import Info
 
 from schema.context import Context
-from schema.errors import ServiceUnavailable, UserError
+from schema.permissions import HasApiKey
 from schema.prices.query import validate_sources
 from schema.runs.types import EtlRun
-from server.auth import HasApiKey
-from server.queue import TRIGGER, QueueUnavailable, fail_queued_run
+from server.broker.channels import RUNS_CHANNEL, publish
+from server.errors import ServiceUnavailable, UserError
+from server.queue import TRIGGER, QueueUnavailable, fail_queued_run, queue_run, run_row
 from server.settings import Settings
-from workers.pipeline.runs import RUNS_CHANNEL, publish, queue_run, run_row
 
 log = structlog.get_logger(__name__)
 

@@ -9,15 +9,13 @@ from sqlalchemy import Select, func, select
 from strawberry.types import Info
 
 from schema.context import Context
-from schema.errors import UserError
 from schema.inputs import parse_id
-from schema.pagination import Keyset, PageArgs, fetch_page, parse_int
+from schema.pagination import Edge, Keyset, PageArgs, fetch_page, parse_int
 from schema.prices.query import validate_sources
 from schema.runs.aggregates import SourceTotals, source_loaders, totals
 from schema.runs.types import (
     EtlRun,
     EtlRunConnection,
-    EtlRunEdge,
     RunComparison,
     RunCounts,
     RunDeltas,
@@ -26,6 +24,7 @@ from schema.runs.types import (
     SourceStats,
     Stats,
 )
+from server.errors import UserError
 from server.settings import KNOWN_SOURCES
 from server.tables import etl_runs
 
@@ -70,7 +69,7 @@ class RunsQuery:
         async with context.engine.connect() as conn:
             result = await fetch_page(conn, query, RUNS_KEYSET, page, lambda row: (row.id,))
         edges = [
-            EtlRunEdge(cursor=RUNS_KEYSET.cursor((row.id,)), node=EtlRun.from_row(row))
+            Edge(cursor=RUNS_KEYSET.cursor((row.id,)), node=EtlRun.from_row(row))
             for row in result.rows
         ]
         count_query = runs_filtered(select(func.count()).select_from(etl_runs), source, status)

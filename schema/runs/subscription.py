@@ -14,15 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.types import Info
 
 from schema.context import Context
-from schema.errors import ServiceUnavailable, UserError, graphql_error
+from schema.live.streams import Item, Stream
+from schema.live.values import values
 from schema.prices.query import validate_sources
 from schema.runs.types import EtlRun
-from server.live.streams import RUNS_TOPIC, Item, Stream
-from server.live.values import values
+from server.broker.channels import RUNS_CHANNEL
+from server.errors import ServiceUnavailable, UserError, graphql_error
 
 
 class RunStream(Stream):
-    topic = RUNS_TOPIC
+    topic = RUNS_CHANNEL
     resume_after = None
 
     def __init__(self, source: str | None) -> None:

@@ -8,7 +8,6 @@ from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
-from sqlalchemy import Select
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
@@ -21,7 +20,7 @@ from schema.disclosure import (
     public_run_error,
     run_error_code,
 )
-from schema.pagination import PageInfo
+from schema.pagination import Connection, nodes_field, total_count_field
 from schema.prices.page import stored_sources
 from schema.runs.aggregates import SourceLoaders
 from server.db import read_engine
@@ -182,26 +181,10 @@ class EtlRun:
         return await reason_counts(info, [quarantine.c.run_id == int(self.id)], examples)
 
 
-@strawberry.type
-class EtlRunEdge:
-    cursor: str
-    node: EtlRun
-
-
 @strawberry.type(description="A page of runs, newest first (Relay connection, keyset cursors).")
-class EtlRunConnection:
-    edges: list[EtlRunEdge]
-    page_info: PageInfo
-    count_query: strawberry.Private[Select[Any]]
-
-    @strawberry.field(description="Runs in the page, without cursors.")
-    def nodes(self) -> list[EtlRun]:
-        return [edge.node for edge in self.edges]
-
-    @strawberry.field(description="All runs matching the arguments (counted only when asked).")
-    async def total_count(self, info: Info[Context, None]) -> int:
-        async with info.context.engine.connect() as conn:
-            return int(await conn.scalar(self.count_query) or 0)
+class EtlRunConnection(Connection[EtlRun]):
+    nodes = nodes_field("Runs in the page, without cursors.")
+    total_count = total_count_field("All runs matching the arguments (counted only when asked).")
 
 
 @strawberry.type(description="Run `b` minus run `a`.")

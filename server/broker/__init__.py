@@ -16,6 +16,7 @@ from server.broker.base import (
     Message,
     Subscription,
 )
+from server.broker.channels import KEY_PREFIX
 from server.broker.memory import MemoryBroker
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-def create_broker(redis_url: str | None, *, prefix: str = "kasparro:") -> Broker:
+def create_broker(redis_url: str | None, *, prefix: str = KEY_PREFIX) -> Broker:
     """The in-memory broker when `redis_url` is None (embedded), else Redis pub/sub at it."""
     if redis_url is None:
         return MemoryBroker()

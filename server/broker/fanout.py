@@ -1,10 +1,11 @@
 """One upstream subscription per process, fanned out to any number of local subscribers.
 
-A server process has many readers of the same channels (the price cache, every live
-subscription); each opening its own Redis connection would cost a socket, a reader task and a
-copy of every message per subscriber. `FanoutBroker` holds one upstream subscription to a fixed
-set of channels and delivers each event to the local subscriptions in memory, each with its own
-bounded backlog (`MemoryBroker`'s): a slow reader gets a `Gap`, never slows the others.
+A server process may have several readers of the same channels (the live hub, which feeds the
+price cache and every live subscription; subscriptions made outside it); each opening its own
+Redis connection would cost a socket, a reader task and a copy of every message per subscriber.
+`FanoutBroker` holds one upstream subscription to a fixed set of channels and delivers each event
+to the local subscriptions in memory, each with its own bounded backlog (`MemoryBroker`'s): a
+slow reader gets a `Gap`, never slows the others.
 
 The upstream subscription is opened when the broker starts and kept open: a local subscription
 is live as soon as it is entered. While the upstream is disconnected (Redis restarting, or down
@@ -18,9 +19,9 @@ import asyncio
 import contextlib
 import logging
 
+from server.broker.backoff import backoff_delays
 from server.broker.base import Broker, BrokerUnavailable, Gap, Subscription
 from server.broker.memory import DEFAULT_MAXSIZE, MemoryBroker, MemorySubscription
-from server.broker.redis import backoff_delays
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -20,7 +19,9 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from server.broker.backoff import backoff_delays
 from server.broker.base import BrokerUnavailable, Event, Gap, Message, unique_channels
+from server.broker.channels import KEY_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +29,6 @@ T = TypeVar("T")
 
 # What a lost, stalled or unreachable server raises (the builtin TimeoutError is an OSError).
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-def backoff_delays(initial: float = 0.05, cap: float = 2.0) -> Iterator[float]:
-    """Endless jittered delays: each in [d/2, d], where d doubles from `initial` up to `cap`."""
-    delay = initial
-    while True:
-        yield random.uniform(delay / 2, delay)
-        delay = min(delay * 2, cap)
 
 
 async def retry_connection_errors(
@@ -67,7 +60,7 @@ class RedisBroker:
         self,
         url: str,
         *,
-        prefix: str = "kasparro:",
+        prefix: str = KEY_PREFIX,
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
         health_check_interval: float = 5.0,

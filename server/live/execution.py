@@ -34,8 +34,9 @@ from graphql.execution import Executor, execute_subscription_event
 from graphql.execution.values import get_argument_values
 
 from schema.documents import DocumentCache
+from schema.execution import EventExecutor
 from schema.extensions import classify_error
-from server.live.hub import Renderer
+from schema.live.hub import Renderer
 
 
 class RequestError(Exception):
@@ -114,7 +115,8 @@ class RootField:
 def _executor(
     schema: GraphQLSchema, prepared: Prepared, request: Request, context: Any
 ) -> Executor[Any] | list[GraphQLError]:
-    return Executor.build(
+    # Its per-event copies keep nothing once their item is rendered (schema.execution).
+    return EventExecutor.build(
         schema,
         prepared.document,
         context_value=context,

@@ -15,8 +15,8 @@ from bench.csv_backfill import run_in_process
 from bench.queries import CASES, KASPARRO, RAW_PATHS, Data, bench_coins, describe, write_coin_file
 from bench.raw_queries import create_app
 from server.settings import Settings
-from tests.conftest import migrated_engine
 from tests.support.asgi import running_app
+from tests.support.database import migrated_engine
 
 pytestmark = pytest.mark.postgres
 

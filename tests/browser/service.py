@@ -15,9 +15,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from server.app import create_app
-from server.db import create_engine
-from server.migrate import upgrade
 from server.settings import Settings
+from tests.support.database import migrate
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.net import free_port
 from tests.support.statements import eventually
@@ -103,11 +102,7 @@ def service_settings(database: Path, fake: FakeUpstream) -> Settings:
 @contextlib.asynccontextmanager
 async def running_service(settings: Settings) -> AsyncIterator[Service]:
     """A migrated database and the service serving it on a free port."""
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
-    finally:
-        await engine.dispose()
+    await migrate(settings)
     service = Service(settings, free_port())
     await service.start()
     try:

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.chaos import figures as chaos_figures
-from tests.conftest import migrated_engine
+from tests.support.database import migrated_engine
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.postgres_server import PostgresServer, private_postgres_server
 from tests.support.redis_server import RedisServer, private_redis_server

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.queue import RedisJobQueue
+from server.queue import RedisJobQueue, queue_run
 from tests.chaos.checks import duplicate_keys, price_count, runs, wait_for
 from tests.chaos.figures import Figures
 from tests.chaos.stack import deployment_env, pid, worker
@@ -20,7 +20,6 @@ from tests.support.live_server import KasparroProcess
 from tests.support.postgres_server import PostgresServer
 from tests.support.price_feed import CsvFeed
 from tests.support.redis_server import RedisServer
-from workers.pipeline.runs import queue_run
 from workers.worker import QUEUE_NAME
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.db import create_engine
-from server.migrate import upgrade
 from server.settings import Settings
+from tests.support.database import migrated_engine
 from tests.support.node_client import install_node_packages, node_tools
 from tests.support.price_feed import CsvFeed
 from tests.support.redis_server import RedisServer, private_redis_server
@@ -55,12 +54,8 @@ async def stack(pg_url: str, redis_server: RedisServer, tmp_path: Path) -> Async
         KASPARRO_CSV_PATHS=str(feed.path),
         KASPARRO_LOG_LEVEL="warning",
     )
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
+    async with migrated_engine(settings) as engine:
         yield Stack(settings, engine, redis_server, feed)
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(scope="session")

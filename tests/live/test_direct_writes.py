@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy import func, select
 
 from server.broker import RedisBroker
+from server.broker.channels import PRICES_CHANNEL, publish
 from server.live.direct import DirectWriter
 from server.tables import prices
 from tests.live.conftest import Stack
 from tests.support.live_server import serve_uvicorn
 from tests.support.seed import seed_assets, seed_prices
 from tests.support.subscribers import PRICE_UPDATES, TRANSPORT_WS, assert_delivers, gql_subscriber
-from workers.pipeline.runs import PRICES_CHANNEL, publish
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -60,11 +60,16 @@ async def test_a_burst_reaches_a_client_in_a_few_writes(
                 return ids
 
             # The subscription starts in the background: once a price arrives, it listens.
-            async with asyncio.timeout(15):
+            async with asyncio.timeout(30):
                 while not client.results:
                     await commit(1)
                     await asyncio.sleep(0.1)
-            await asyncio.sleep(0.2)  # let any in-flight message in
+            # It listens now: once a last price committed after that arrives, nothing from
+            # before the burst is still on its way.
+            last = await commit(1)
+            await client.wait_until(
+                lambda: client.ids()[-1] >= last[-1], timeout=30, what=f"price {last[-1]}"
+            )
             received_before = len(client.results)
             writes.clear()
             burst = await commit(100)

@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import func, select
 
 from server.broker import RedisBroker
+from server.broker.channels import PRICES_CHANNEL, publish
 from server.tables import prices
 from tests.live.conftest import Stack
 from tests.support.live_server import serve_uvicorn
 from tests.support.seed import seed_assets, seed_prices
-from workers.pipeline.runs import PRICES_CHANNEL, publish
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -112,14 +112,19 @@ async def test_http_streams_deliver_live_prices(
         reader = asyncio.create_task(stream_prices(f"{server.http}/graphql", accept, parse, seen))
         try:
             # The stream subscribes in the background: once a price arrives, it listens.
-            async with asyncio.timeout(15):
+            async with asyncio.timeout(30):
                 while not seen:
                     await committed(stack, broker, btc, 1)
                     await asyncio.sleep(0.1)
-            await asyncio.sleep(0.2)
+            # It listens now: once a last price committed after that arrives, nothing from
+            # before the burst is still on its way.
+            [last] = await committed(stack, broker, btc, 1)
+            async with asyncio.timeout(30):
+                while int(seen[-1]["id"]) < last:
+                    await asyncio.sleep(0.05)
             before = len(seen)
             burst = await committed(stack, broker, btc, 5)
-            async with asyncio.timeout(15):
+            async with asyncio.timeout(30):
                 while len(seen) < before + len(burst):
                     await asyncio.sleep(0.05)
             assert [int(p["id"]) for p in seen[before:]] == burst

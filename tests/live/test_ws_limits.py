@@ -23,7 +23,6 @@ from websockets.exceptions import ConnectionClosed
 
 from server.auth import fingerprint
 from server.settings import Settings
-from tests.conftest import migrated_engine
 from tests.support.live_server import (
     START_TIMEOUT,
     KasparroProcess,
@@ -42,11 +41,9 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-async def database(sqlite_url: str) -> str:
+def database(migrated_sqlite_url: str) -> str:
     """A migrated SQLite database (nothing here depends on the backend)."""
-    async with migrated_engine(sqlite_url):
-        pass
-    return sqlite_url
+    return migrated_sqlite_url
 
 
 def settings_for(database: str, **env: Any) -> Settings:

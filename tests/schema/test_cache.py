@@ -1,11 +1,13 @@
 """The hot-read cache: a price published after its commit is read from memory on the next query
 (no SQL), on the in-memory broker and on Redis; candles too; a Gap or an unreadable event reloads
-from the database; and while the cache is not ready every read goes to SQL."""
+from the database; and while the cache is not ready every read goes to SQL. The cache reads the
+broker through the live hub, its one follower of the "prices" channel."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -17,9 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 import schema.prices.cache as cache_module
+from schema.live.hub import LiveHub
 from schema.prices.cache import PriceCache
 from schema.prices.candles import Interval
 from server.broker import Broker, MemoryBroker, RedisBroker
+from server.broker.channels import PRICES_CHANNEL, publish
 from server.tables import assets, prices
 from tests.schema.conftest import app_settings
 from tests.support.asgi import graphql, running_app
@@ -27,7 +31,6 @@ from tests.support.redis_server import private_redis_server
 from tests.support.seed import seed_assets
 from tests.support.statements import eventually, recorded_statements, selects
 from workers.pipeline.runner import run_source
-from workers.pipeline.runs import PRICES_CHANNEL, publish
 from workers.runtime import open_runtime
 
 LATEST = '{ latestPrices(symbols: ["btc"]) { id source priceUsd observedAt highUsd } }'
@@ -234,7 +237,20 @@ async def test_reads_use_sql_when_the_cache_is_stopped(engine: AsyncEngine, btc:
         assert str(price_id) in {p["id"] for p in latest}
 
 
-# ---- the component on its own ----
+# ---- the component on its own (fed by a hub, as the app wires it) ----
+
+
+@asynccontextmanager
+async def fed_cache(engine: AsyncEngine, broker: Broker) -> AsyncIterator[PriceCache]:
+    """A cache (not started) with a live hub on `broker` handing it the price events."""
+    cache = PriceCache(engine)
+    hub = LiveHub(engine, broker, price_listeners=[cache])
+    await hub.start()
+    try:
+        yield cache
+    finally:
+        await cache.stop()
+        await hub.stop()
 
 
 @pytest.fixture
@@ -246,30 +262,29 @@ async def memory_broker() -> AsyncIterator[MemoryBroker]:
 
 @pytest.fixture
 async def cache(engine: AsyncEngine, memory_broker: MemoryBroker) -> AsyncIterator[PriceCache]:
-    cache = PriceCache(engine, memory_broker)
-    await cache.start()
-    assert cache.ready
-    yield cache
-    await cache.stop()
+    async with fed_cache(engine, memory_broker) as cache:
+        await cache.start()
+        assert cache.ready
+        yield cache
 
 
 async def test_nothing_is_answered_before_the_first_load_or_after_stop(
     engine: AsyncEngine, memory_broker: MemoryBroker
 ) -> None:
-    cache = PriceCache(engine, memory_broker)
-    assert cache.latest() is None
-    assert cache.latest_of_asset(1) is None
-    assert cache.assets_named("BTC") is None
-    assert (
-        await cache.candles(
-            asset_id=1, interval=Interval.DAY, source=None, start=NOW, end=NOW, now=NOW
+    async with fed_cache(engine, memory_broker) as cache:
+        assert cache.latest() is None
+        assert cache.latest_of_asset(1) is None
+        assert cache.assets_named("BTC") is None
+        assert (
+            await cache.candles(
+                asset_id=1, interval=Interval.DAY, source=None, start=NOW, end=NOW, now=NOW
+            )
+            is None
         )
-        is None
-    )
-    await cache.start()
-    assert cache.latest() == []
-    await cache.stop()
-    assert cache.latest() is None
+        await cache.start()
+        assert cache.latest() == []
+        await cache.stop()
+        assert cache.latest() is None
 
 
 async def test_a_gap_reloads_what_the_lost_events_carried(
@@ -277,7 +292,7 @@ async def test_a_gap_reloads_what_the_lost_events_carried(
 ) -> None:
     assert cache.reloads == 1
     lost = await insert_price(engine, btc, "csv", NOW, "42")  # its event never arrives
-    # Two messages before the cache reads any: its backlog of one overflows into a Gap.
+    # Two messages before the hub reads any: its backlog of one overflows into a Gap.
     for _ in range(2):
         await publish_prices(memory_broker, "csv", event(10**9, btc, "csv", NOW, "1"))
     await eventually(lambda: cache.reloads == 2, what="the reload after the gap")
@@ -325,19 +340,18 @@ async def test_a_redis_reconnect_reloads_and_events_flow_again(
 ) -> None:
     async with private_redis_server() as server:
         broker = RedisBroker(server.url, prefix="cache:", health_check_interval=0.5)
-        cache = PriceCache(engine, broker)
         try:
-            await cache.start()
-            assert cache.ready
-            lost = await insert_price(engine, btc, "csv", NOW, "42")
-            await server.restart()
-            await eventually(holds(cache, lost), timeout=15, what="the reload after reconnect")
-            assert cache.reloads >= 2
-            at = NOW + timedelta(seconds=5)
-            fresh = await commit_and_publish(engine, broker, btc, "csv", at, "43")
-            await eventually(holds(cache, fresh), timeout=5, what="an event after reconnect")
+            async with fed_cache(engine, broker) as cache:
+                await cache.start()
+                assert cache.ready
+                lost = await insert_price(engine, btc, "csv", NOW, "42")
+                await server.restart()
+                await eventually(holds(cache, lost), timeout=15, what="the reload after reconnect")
+                assert cache.reloads >= 2
+                at = NOW + timedelta(seconds=5)
+                fresh = await commit_and_publish(engine, broker, btc, "csv", at, "43")
+                await eventually(holds(cache, fresh), timeout=5, what="an event after reconnect")
         finally:
-            await cache.stop()
             await broker.close()
 
 

@@ -62,6 +62,23 @@ async def _begin_shutdown(postgres: PostgresServer) -> asyncpg.Connection:
     raise AssertionError("the server did not begin shutting down")
 
 
+async def _until_running(postgres: PostgresServer, statement: str, count: int) -> None:
+    """Wait until the server is running `statement` in `count` sessions."""
+    watcher = await asyncpg.connect(_driver_url(postgres))
+    try:
+        async with asyncio.timeout(30):
+            while (
+                await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = $1",
+                    statement,
+                )
+                < count
+            ):
+                await asyncio.sleep(0.02)
+    finally:
+        await watcher.close()
+
+
 def codes(body: dict[str, object]) -> set[str]:
     errors = body.get("errors") or []
     assert isinstance(errors, list)
@@ -104,7 +121,7 @@ async def test_every_driver_error_of_a_stopping_server_is_classified_unavailable
         query = asyncio.create_task(in_flight())
         session = await asyncpg.connect(_driver_url(postgres))
         raw_query = asyncio.create_task(session.fetch("SELECT pg_sleep(30)"))
-        await asyncio.sleep(0.3)
+        await _until_running(postgres, "SELECT pg_sleep(30)", 2)
         holder = await _begin_shutdown(postgres)
         await engine.dispose()  # the next checkout connects afresh
         try:

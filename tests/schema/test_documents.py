@@ -11,8 +11,8 @@ import strawberry.schema.schema as strawberry_schema
 
 import schema.documents as documents_module
 from schema.documents import DocumentCache
+from schema.limits import document_limits
 from schema.root import Schema, build_schema
-from server.limits import document_limits
 from server.settings import Settings
 
 HEALTH = "{ __typename health { version } }"

@@ -302,14 +302,14 @@ def _refused(value: Any) -> bool:
     ],
 )
 def test_a_cursor_of_nested_brackets_is_refused_without_recursion(text: str) -> None:
-    from schema.errors import InvalidCursor
+    from server.errors import InvalidCursor
 
     with pytest.raises(InvalidCursor):
         decode_cursor("ingest", _b64(text), (parse_int,))
 
 
 def test_cursor_numbers_and_times_past_their_columns_are_invalid_cursors() -> None:
-    from schema.errors import InvalidCursor
+    from server.errors import InvalidCursor
 
     for key in ((2**63,), (-(2**63) - 1,), (True,), (1.5,)):
         with pytest.raises(InvalidCursor):

@@ -16,14 +16,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.websockets import WebSocketDisconnect
 
+from server.broker.channels import PRICES_CHANNEL, publish
 from server.live.execution import SelectionRenderer
 from server.tables import prices
-from tests.conftest import migrated_engine
 from tests.schema.conftest import app_settings
 from tests.support.asgi import running_app
+from tests.support.database import migrated_engine
 from tests.support.live_app import LEGACY_WS, T0, Live, next_data, run_in_app
 from tests.support.seed import seed_assets, seed_prices
-from workers.pipeline.runs import PRICES_CHANNEL, publish
 
 PRICE_UPDATES = """
 subscription($symbols: [String!], $after: String) {

@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schema.errors import UserError
 from schema.prices.candles import Interval, Observation, aggregate, candles_sql
 from schema.prices.market import MAX_CANDLE_BUCKETS, candle_range
+from server.errors import UserError
 from server.tables import prices
 from tests.schema.conftest import app_settings
 from tests.support.asgi import graphql, running_app

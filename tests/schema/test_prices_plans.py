@@ -37,7 +37,7 @@ from schema.prices.page import (
     resolve_asset_ids,
 )
 from schema.prices.types import PriceOrder
-from tests.conftest import migrated_engine
+from tests.support.database import migrated_engine
 from tests.support.services import postgres_admin_url, temporary_postgres_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.asyncio(loop_scope="module")]

@@ -66,7 +66,7 @@ REASONS = {
     "timestamp: expected a time, got list": "bad_date",
     "Date: 2999-01-01 00:00:00+00:00 is in the future": "future_date",
     "name: control characters in 'Bit\\x00coin'": "control_characters",
-    # As the CSV parser words them (csv_values.clean_cell).
+    # As the CSV parser words them (workers.sources.csv.values.clean_cell).
     "Close: a NUL byte inside '10\u24005.5'": "control_characters",
     "Symbol: control character U+0007 inside 'BT\\x07C'": "control_characters",
     "duplicate of prices.csv:12 (same asset and time)": "duplicate",

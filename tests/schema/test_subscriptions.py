@@ -9,10 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schema.pagination import encode_cursor
 from schema.prices.types import INGEST_CURSOR, ingest_cursor
+from server.broker.channels import PRICES_CHANNEL
 from tests.schema.conftest import app_settings
 from tests.support.live_app import T0, Live, next_data, run_in_app
 from tests.support.seed import seed_assets
-from workers.pipeline.runs import PRICES_CHANNEL
 
 PRICE_UPDATES = """
 subscription($symbols: [String!], $sources: [String!], $after: String) {
@@ -144,7 +144,7 @@ async def test_events_arriving_out_of_commit_order_deliver_every_price_once_in_o
 
 
 async def test_run_events_are_delivered_for_the_source_asked(engine: AsyncEngine) -> None:
-    from workers.pipeline.runs import RUNS_CHANNEL
+    from server.broker.channels import RUNS_CHANNEL
 
     def run(run_id: int, source: str, status: str) -> dict[str, Any]:
         return {

@@ -15,7 +15,6 @@ import pytest
 from websockets.asyncio.client import connect
 
 from server.settings import Settings
-from tests.conftest import migrated_engine
 from tests.support.asgi import running_app
 from tests.support.live_server import serve_uvicorn
 
@@ -37,11 +36,9 @@ def fragment_chain(length: int) -> str:
 
 
 @pytest.fixture
-async def database(sqlite_url: str) -> str:
+def database(migrated_sqlite_url: str) -> str:
     """A migrated SQLite database (nothing here depends on the backend)."""
-    async with migrated_engine(sqlite_url):
-        pass
-    return sqlite_url
+    return migrated_sqlite_url
 
 
 def settings_for(database: str, **env: Any) -> Settings:

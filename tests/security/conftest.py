@@ -3,6 +3,7 @@ PostgreSQL and SQLite databases; each started once per test process and shared b
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,11 +16,13 @@ from tests.security.target import (
     TRACEBACK,
     Database,
     Target,
+    prepare_database,
+    sqlite_url,
+)
+from tests.support.services import (
     create_postgres_database,
     drop_postgres_database,
     postgres_admin_url,
-    prepare_database,
-    sqlite_url,
 )
 
 # Every server of the suite: limits as shipped, except what keeps the suite quick and its
@@ -50,11 +53,11 @@ def security_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def postgres_database(security_dir: Path) -> Iterator[Database]:
     admin = postgres_admin_url()
-    url = create_postgres_database(admin)
+    url = asyncio.run(create_postgres_database(admin))
     try:
         yield prepare_database(url, security_dir / "postgres")
     finally:
-        drop_postgres_database(admin, url)
+        asyncio.run(drop_postgres_database(admin, url))
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,15 +18,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import structlog.testing
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.db import create_engine
-from server.migrate import upgrade
 from server.settings import Settings
+from tests.support.database import migrated_engine
 from tests.support.live_server import kasparro_env
 from tests.support.net import free_port
 from tests.support.seed import seed_assets, seed_prices
@@ -211,37 +206,6 @@ def client(target: Target, timeout: float | httpx.Timeout = 20) -> httpx.Client:
 # ---- databases -------------------------------------------------------------------------------
 
 
-def create_postgres_database(admin_url: str) -> str:
-    name = f"kasparro_security_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        admin = await asyncpg.connect(_asyncpg_dsn(admin_url))
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_postgres_database(admin_url: str, url: str) -> None:
-    name = make_url(url).database
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(_asyncpg_dsn(admin_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    asyncio.run(drop())
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def prepare_database(url: str, workdir: Path) -> Database:
     """Migrate and seed the database at `url`, the way the pipeline fills it."""
     asyncio.run(_prepare(url, workdir))
@@ -271,45 +235,33 @@ async def _prepare(url: str, workdir: Path) -> None:
         KASPARRO_CSV_PATHS=str(good),
         KASPARRO_LOG_LEVEL="critical",
     )
-    engine = create_engine(base)
     # The failing run logs its exception: kept out of the test's output.
     with structlog.testing.capture_logs():
-        await _fill(engine, base, good, failing, t0)
+        async with migrated_engine(base) as engine:
+            await _fill(engine, base, good, failing, t0)
 
 
 async def _fill(
     engine: AsyncEngine, base: Settings, good: Path, failing: Path, t0: datetime
 ) -> None:
-    try:
-        await upgrade(engine, base)
-        async with open_runtime(base, engine=engine) as runtime:
-            await run_source(runtime, "csv", trigger="test", path=str(good))
-        # A run that fails: its error is what the pipeline records for an exception.
-        failing_settings = base.model_copy(
-            update={"csv_paths": [str(failing)], "fail_after_rows": 1}
-        )
-        async with open_runtime(failing_settings, engine=engine) as runtime:
-            await run_source(runtime, "csv", trigger="test", path=str(failing))
-        ids = await seed_assets(engine, ("readmarkcoin", MARKER_SYMBOL, MARKER_NAME))
-        await seed_prices(
-            engine,
-            [
-                (ids["readmarkcoin"], "coingecko", t0 + timedelta(days=i), Decimal(7 + i))
-                for i in range(2)
-            ],
-        )
-    finally:
-        await engine.dispose()
+    async with open_runtime(base, engine=engine) as runtime:
+        await run_source(runtime, "csv", trigger="test", path=str(good))
+    # A run that fails: its error is what the pipeline records for an exception.
+    failing_settings = base.model_copy(update={"csv_paths": [str(failing)], "fail_after_rows": 1})
+    async with open_runtime(failing_settings, engine=engine) as runtime:
+        await run_source(runtime, "csv", trigger="test", path=str(failing))
+    ids = await seed_assets(engine, ("readmarkcoin", MARKER_SYMBOL, MARKER_NAME))
+    await seed_prices(
+        engine,
+        [
+            (ids["readmarkcoin"], "coingecko", t0 + timedelta(days=i), Decimal(7 + i))
+            for i in range(2)
+        ],
+    )
 
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
-
-
-def postgres_admin_url() -> str:
-    return os.environ.get(
-        "KASPARRO_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-    )
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.settings import Settings
 from tests.support.asgi import serve_app
+from tests.support.database import migrated_engine
 from tests.support.net import free_port
 
 HEALTH = {"query": "{ health { database broker embedded version } }"}
@@ -127,22 +128,16 @@ async def test_embedded_start_closes_runs_a_previous_process_left_queued(
 ) -> None:
     from sqlalchemy import select
 
-    from server.db import create_engine
-    from server.migrate import upgrade
+    from server.queue import queue_run
     from server.tables import etl_runs
-    from workers.pipeline.runs import queue_run
 
     settings = settings_for(sqlite_url)
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
+    async with migrated_engine(settings) as engine:
         async with engine.begin() as conn:
             run_id = await queue_run(conn, source="csv", trigger="api")
         async with serve_app(settings):
             pass
         async with engine.connect() as conn:
             row = (await conn.execute(select(etl_runs).where(etl_runs.c.id == run_id))).one()
-    finally:
-        await engine.dispose()
     assert row.status == "failed"
     assert "stopped before running it" in row.error

@@ -17,7 +17,6 @@ from websockets.exceptions import ConnectionClosed
 
 from server.auth import is_graphiql_page
 from server.settings import Settings
-from tests.conftest import migrated_engine
 from tests.support.live_server import ServerAddress, serve_uvicorn
 
 KEY = "transport-read-key"
@@ -29,12 +28,10 @@ MULTIPART = "multipart/mixed;subscriptionSpec=1.0,application/json"
 
 
 @pytest.fixture
-async def server(sqlite_url: str) -> AsyncIterator[ServerAddress]:
-    async with migrated_engine(sqlite_url):
-        pass
+async def server(migrated_sqlite_url: str) -> AsyncIterator[ServerAddress]:
     settings = Settings.load(
         _env_file=None,
-        DATABASE_URL=sqlite_url,
+        DATABASE_URL=migrated_sqlite_url,
         KASPARRO_REQUIRE_READ_KEY="true",
         KASPARRO_API_KEYS=KEY,
         KASPARRO_RATE_LIMIT_PER_MINUTE=0,

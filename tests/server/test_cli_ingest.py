@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import re
 import signal
 import sqlite3
@@ -20,10 +19,11 @@ import pytest
 from sqlalchemy import select
 
 from server.db import create_engine
-from server.migrate import upgrade
 from server.settings import Settings
 from server.tables import etl_runs, prices
+from tests.support.database import migrate
 from tests.support.fake_upstream import FakeUpstream, Fault, Route
+from tests.support.live_server import kasparro_env
 from tests.support.redis_server import private_redis_server
 from tests.support.upstream_data import CG_NOT_FOUND_BODY
 
@@ -44,12 +44,8 @@ def fake() -> FakeUpstream:
 
 
 def env_for(fake: FakeUpstream, **extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("KASPARRO_", "COINGECKO_", "COINPAPRIKA_"))
-        and key not in {"DATABASE_URL", "REDIS_URL", "COLUMNS"}
-    }
+    # The terminal's width only when a test sets it.
+    env = {key: value for key, value in kasparro_env().items() if key != "COLUMNS"}
     env.update(
         {
             "KASPARRO_SOURCES": "coingecko",
@@ -58,7 +54,6 @@ def env_for(fake: FakeUpstream, **extra: str) -> dict[str, str]:
             "KASPARRO_COINGECKO_CALLS_PER_MINUTE": "60000",
             "KASPARRO_HTTP_MAX_ATTEMPTS": "2",
             "KASPARRO_HTTP_BACKOFF": "0.01",
-            "KASPARRO_LOG_LEVEL": "warning",
             **extra,
         }
     )
@@ -281,15 +276,6 @@ async def stored(database_url: str) -> tuple[list[tuple[object, ...]], int]:
     return [tuple(run) for run in runs], count
 
 
-async def migrated(database_url: str) -> None:
-    settings = Settings.load(_env_file=None, DATABASE_URL=database_url)
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
-    finally:
-        await engine.dispose()
-
-
 @asynccontextmanager
 async def worker_process(
     cwd: Path, fake: FakeUpstream, database_url: str
@@ -345,7 +331,7 @@ async def terminate(process: asyncio.subprocess.Process, log: Path) -> None:
 async def test_worker_ingests_at_startup_and_ends_cleanly_on_sigterm(
     tmp_path: Path, pg_url: str, fake: FakeUpstream
 ) -> None:
-    await migrated(pg_url)
+    await migrate(pg_url)
     async with worker_process(tmp_path, fake, pg_url) as process:
         log = tmp_path / "worker.log"
         await until_a_run(process, pg_url, log, finished=True)
@@ -359,7 +345,7 @@ async def test_worker_ingests_at_startup_and_ends_cleanly_on_sigterm(
 async def test_sigterm_during_a_run_records_it_as_cancelled_and_exits_0(
     tmp_path: Path, pg_url: str
 ) -> None:
-    await migrated(pg_url)
+    await migrate(pg_url)
     # Its own fake: the answer still pending when the worker is gone ends with this test.
     with FakeUpstream() as fake:
         fake.inject(Route.MARKETS, Fault.slow(30))

@@ -14,8 +14,8 @@ from starlette.applications import Starlette
 
 from schema.prices import paging
 from server.settings import Settings
-from tests.conftest import migrated_engine
 from tests.support.asgi import running_app
+from tests.support.database import migrated_engine
 from tests.support.seed import seed_assets, seed_prices
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)

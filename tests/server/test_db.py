@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.db import create_engine, read, read_engine
+from server.db import create_engine, driver_connection, read, read_engine
 from server.settings import Settings
 
 
@@ -86,6 +87,48 @@ async def test_a_pooled_connection_the_server_closed_is_replaced_at_checkout(pg_
         for _ in range(3):
             async with engine.connect() as conn:
                 assert await conn.scalar(text("SELECT pg_backend_pid()")) != pid
+    finally:
+        await engine.dispose()
+        await killer.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_driver_connection_reads_outside_a_transaction_and_returns_to_the_pool(
+    pg_url: str,
+) -> None:
+    engine = engine_for(pg_url)
+    try:
+        async with driver_connection(engine) as driver:
+            pid = await driver.fetchval("SELECT pg_backend_pid()")
+            assert not driver.is_in_transaction()
+        assert engine.sync_engine.pool.checkedout() == 0
+        async with driver_connection(engine) as driver:
+            assert await driver.fetchval("SELECT pg_backend_pid()") == pid
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_driver_connection_the_server_closed_is_not_pooled_again(pg_url: str) -> None:
+    engine, killer = engine_for(pg_url), engine_for(pg_url)
+    pid = None
+
+    async def read_after_the_server_closed_it() -> None:
+        nonlocal pid
+        async with driver_connection(engine) as driver:
+            pid = await driver.fetchval("SELECT pg_backend_pid()")
+            async with killer.connect() as other:
+                await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            await driver.fetchval("SELECT 1")
+
+    # What asyncpg raises depends on when it reads the server's goodbye.
+    gone = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+    try:
+        with pytest.raises(gone):
+            await read_after_the_server_closed_it()
+        assert engine.sync_engine.pool.checkedout() == 0
+        async with driver_connection(engine) as driver:
+            assert await driver.fetchval("SELECT pg_backend_pid()") != pid
     finally:
         await engine.dispose()
         await killer.dispose()

@@ -23,9 +23,6 @@ from typing import Any
 
 import pytest
 
-from server.db import create_engine
-from server.migrate import upgrade
-from server.settings import Settings
 from tests.support.ci import unavailable
 from tests.support.live_server import kasparro_serve
 
@@ -94,17 +91,13 @@ async def audit(node: str, url: str) -> list[dict[str, Any]]:
     return results
 
 
-async def test_every_graphql_over_http_audit_passes(sqlite_url: str, tmp_path: Path) -> None:
+async def test_every_graphql_over_http_audit_passes(
+    migrated_sqlite_url: str, tmp_path: Path
+) -> None:
     node, npm = node_tools()
     install(npm)
-    settings = Settings.load(_env_file=None, DATABASE_URL=sqlite_url)
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
-    finally:
-        await engine.dispose()
     log = tmp_path / "serve.log"
-    async with kasparro_serve(env={"DATABASE_URL": sqlite_url}, log=log) as server:
+    async with kasparro_serve(env={"DATABASE_URL": migrated_sqlite_url}, log=log) as server:
         results = await audit(node, f"{server.http}/graphql")
     counts = Counter(result["status"] for result in results)
     summary = (

@@ -8,15 +8,12 @@ import httpx
 import pytest
 
 from server.settings import Settings
-from tests.conftest import migrated_engine
 from tests.support.asgi import running_app
 
 
 @pytest.fixture
-async def client(sqlite_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with migrated_engine(sqlite_url):
-        pass
-    settings = Settings.load(_env_file=None, DATABASE_URL=sqlite_url)
+async def client(migrated_sqlite_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings.load(_env_file=None, DATABASE_URL=migrated_sqlite_url)
     async with running_app(settings) as (_, client):
         yield client
 

@@ -19,7 +19,6 @@ from schema.compiled.plan import Compiler
 from server.db import create_engine
 from server.negotiation import GRAPHQL_RESPONSE_JSON, JSON, response_media_type
 from server.settings import Settings
-from tests.conftest import migrated_engine
 from tests.support.asgi import running_app
 from tests.support.seed import seed_assets, seed_prices
 
@@ -35,11 +34,9 @@ def settings_for(database_url: str, **env: Any) -> Settings:
 
 
 @pytest.fixture
-async def db_url(sqlite_url: str) -> str:
+def db_url(migrated_sqlite_url: str) -> str:
     """A migrated SQLite database (negotiation does not depend on the backend)."""
-    async with migrated_engine(sqlite_url):
-        pass
-    return sqlite_url
+    return migrated_sqlite_url
 
 
 @pytest.fixture

@@ -17,10 +17,9 @@ import pytest
 import structlog
 from sqlalchemy.engine import make_url
 
-from server.db import create_engine
 from server.logging import configure_logging, secret_values
-from server.migrate import upgrade
 from server.settings import Settings
+from tests.support.database import migrate
 from tests.support.fake_upstream import FakeUpstream, Fault, Route
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,12 +65,7 @@ def child_environment(database_url: str, fake: FakeUpstream) -> dict[str, str]:
 async def test_no_configured_secret_appears_in_the_logs_of_a_request_and_a_run(
     pg_url: str, fake: FakeUpstream
 ) -> None:
-    settings = Settings.load(_env_file=None, DATABASE_URL=pg_url)
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
-    finally:
-        await engine.dispose()
+    await migrate(pg_url)
     # A retry and a failed run: warnings that quote URLs and upstream errors.
     fake.inject(Route.MARKETS, Fault.server_error(503), Fault.error(401, {"error": "bad key"}))
     child = await asyncio.create_subprocess_exec(

@@ -19,10 +19,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.app import GraphQLApp
-from server.db import create_engine
-from server.migrate import upgrade
 from server.negotiation import GRAPHQL_RESPONSE_JSON, JSON
-from server.requestid import RequestIdMiddleware
+from server.requestid_middleware import RequestIdMiddleware
 from server.settings import Settings
 from tests.support.asgi import running_app
 from tests.support.live_server import ServerAddress, kasparro_serve
@@ -187,21 +185,13 @@ CASES: list[Case] = [
 ]
 
 
-async def _migrated(url: str) -> None:
-    settings = Settings.load(_env_file=None, DATABASE_URL=url)
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture
-async def server(sqlite_url: str, tmp_path: Path) -> AsyncIterator[tuple[ServerAddress, Path]]:
+async def server(
+    migrated_sqlite_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[ServerAddress, Path]]:
     """`kasparro serve` on a migrated SQLite database, and its log."""
-    await _migrated(sqlite_url)
     log = tmp_path / "serve.log"
-    async with kasparro_serve(env={"DATABASE_URL": sqlite_url}, log=log) as address:
+    async with kasparro_serve(env={"DATABASE_URL": migrated_sqlite_url}, log=log) as address:
         yield address, log
 
 
@@ -252,14 +242,13 @@ def _problem(response: httpx.Response, status: int, code: str, accept: str) -> s
 
 
 async def test_an_unexpected_error_is_a_json_500_with_the_request_id(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    migrated_sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def explode(*_args: Any, **_kwargs: Any) -> Response:
         raise RuntimeError("secret internals of the HTTP layer")
 
     monkeypatch.setattr(GraphQLApp, "run", explode)
-    await _migrated(sqlite_url)
-    settings = Settings.load(_env_file=None, DATABASE_URL=sqlite_url)
+    settings = Settings.load(_env_file=None, DATABASE_URL=migrated_sqlite_url)
     async with running_app(settings) as (_, client):
         with structlog.testing.capture_logs() as logs:
             legacy = await client.post(

@@ -12,9 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route as StarletteRoute
 
 from server.app import create_app
-from server.metrics import MAX_OPERATION_NAMES, Metrics
+from server.metrics import MAX_CHILDREN, MAX_OPERATION_NAMES, Metrics, _route_of
 from server.settings import Settings
 from tests.support.asgi import graphql
 from tests.support.fake_upstream import FakeUpstream, Fault, Route
@@ -176,3 +178,40 @@ def test_operation_names_beyond_the_limit_share_one_label() -> None:
     assert metrics.operation_label("Op0") == "Op0"
     assert metrics.operation_label(None) == "anonymous"
     assert metrics.operation_label("x" * 65) == "other"
+
+
+def test_a_label_sets_child_is_the_registrys_own_and_the_kept_children_are_bounded() -> None:
+    metrics = Metrics()
+    child = metrics.child(metrics.http_requests, "/graphql", "POST", "200")
+    assert child is metrics.http_requests.labels("/graphql", "POST", "200")
+    assert metrics.child(metrics.http_requests, "/graphql", "POST", "200") is child
+    for i in range(MAX_CHILDREN + 10):
+        metrics.child(metrics.graphql_operations, f"Op{i}", "query", "ok").inc()
+    # Beyond the bound a child is still the right one, just looked up each time.
+    late = metrics.child(metrics.graphql_operations, "Late", "query", "ok")
+    assert late is metrics.graphql_operations.labels("Late", "query", "ok")
+    assert len(metrics._children) == MAX_CHILDREN
+
+
+def test_requests_are_labelled_by_the_route_the_router_picks() -> None:
+    async def ok(request: Any) -> Any:
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[
+            StarletteRoute("/items/{item_id:int}", ok),
+            StarletteRoute("/graphql", ok, methods=["GET", "POST"]),
+            StarletteRoute("/healthz", ok, methods=["GET"]),
+        ]
+    )
+
+    def scope(path: str, method: str = "GET", root_path: str = "") -> dict[str, Any]:
+        return {"type": "http", "app": app, "path": path, "method": method, "root_path": root_path}
+
+    assert _route_of(scope("/graphql", "POST")) == "/graphql"
+    assert _route_of(scope("/healthz", "HEAD")) == "/healthz"  # Starlette adds HEAD to GET
+    assert _route_of(scope("/healthz", "POST")) == "other"  # 405 is no route's request
+    assert _route_of(scope("/items/7")) == "/items/{item_id:int}"
+    assert _route_of(scope("/nowhere")) == "other"
+    # Under a root path the router matches the path without it.
+    assert _route_of(scope("/api/healthz", root_path="/api")) == "/healthz"

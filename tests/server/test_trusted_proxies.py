@@ -18,7 +18,6 @@ from websockets.asyncio.client import connect
 
 from server.ratelimit import TrustedProxies
 from server.settings import Settings, SettingsError
-from tests.conftest import migrated_engine
 from tests.support.live_server import ServerAddress, serve_uvicorn
 
 HEALTH = {"query": "{ health { database } }"}
@@ -27,16 +26,14 @@ Serve = Callable[..., AbstractAsyncContextManager[ServerAddress]]
 
 
 @pytest.fixture
-async def serve(sqlite_url: str) -> Serve:
+def serve(migrated_sqlite_url: str) -> Serve:
     """`serve(**env)`: the app under uvicorn as `kasparro serve` runs it, with a budget of two
     requests per client (refilled once a minute, so nothing refills during a test)."""
-    async with migrated_engine(sqlite_url):
-        pass
 
     def served(**env: str) -> AbstractAsyncContextManager[ServerAddress]:
         settings = Settings.load(
             _env_file=None,
-            DATABASE_URL=sqlite_url,
+            DATABASE_URL=migrated_sqlite_url,
             KASPARRO_RATE_LIMIT_PER_MINUTE=1,
             KASPARRO_RATE_LIMIT_BURST=2,
             KASPARRO_LOG_LEVEL="warning",

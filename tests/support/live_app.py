@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from server.app import create_app
+from server.broker.channels import PRICES_CHANNEL, publish
 from server.settings import Settings
 from server.tables import prices
 from tests.support.seed import seed_prices
-from workers.pipeline.runs import PRICES_CHANNEL, publish
 
 with warnings.catch_warnings():
     # Starlette asks for `httpx2`; its TestClient works the same on the installed httpx.

@@ -20,9 +20,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from server.db import create_engine
-from server.migrate import upgrade
 from server.settings import Settings
+from tests.support.database import migrated_engine
 from tests.support.net import free_port
 from tests.support.seed import seed_assets, seed_prices
 
@@ -161,12 +160,8 @@ async def one_price_settings(server: PostgresServer) -> Settings:
     """The app's settings on `server`, its database migrated and holding one BTC price (for the
     tests that take the database away under the app)."""
     settings = Settings.load(_env_file=None, DATABASE_URL=server.url, KASPARRO_DB_CONNECT_TIMEOUT=2)
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
+    async with migrated_engine(settings) as engine:
         ids = await seed_assets(engine, ("bitcoin", "BTC", "Bitcoin"))
         at = datetime(2024, 5, 1, tzinfo=UTC)
         await seed_prices(engine, [(ids["bitcoin"], "coingecko", at, Decimal("60000"))])
-    finally:
-        await engine.dispose()
     return settings

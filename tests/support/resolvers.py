@@ -12,7 +12,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 
 from schema.context import Context
-from schema.loaders import create_loaders
 from schema.root import build_schema
 
 
@@ -33,7 +32,6 @@ class Resolvers:
             sessionmaker=state.sessionmaker,
             broker=state.broker,
             request_id="test",
-            loaders=create_loaders(state.engine),
             queue=state.queue,
             price_cache=state.price_cache,
             live=getattr(state, "live", None),

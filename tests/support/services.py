@@ -42,15 +42,34 @@ async def temporary_postgres_database(
 ) -> AsyncIterator[str]:
     """Create a uniquely named database (a copy of the database `template` when given), yield
     its SQLAlchemy URL, drop it afterwards."""
+    url = await create_postgres_database(admin_url, template=template)
+    try:
+        yield url
+    finally:
+        await drop_postgres_database(admin_url, url)
+
+
+async def create_postgres_database(admin_url: str, *, template: str | None = None) -> str:
+    """Create a uniquely named database (a copy of the database `template` when given) on the
+    server of `admin_url`; its SQLAlchemy URL. For a database that outlives one event loop;
+    otherwise `temporary_postgres_database`."""
     name = f"kasparro_test_{uuid.uuid4().hex[:12]}"
     admin = await _admin(admin_url)
     try:
         # WAL_LOG (the default): a FILE_COPY would checkpoint, flushing every test's writes.
         copy = f' TEMPLATE "{template}"' if template else ""
         await admin.execute(f'CREATE DATABASE "{name}"{copy}')
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_postgres_database(admin_url: str, url: str) -> None:
+    """Drop the database at `url` (made by `create_postgres_database`), connections and all."""
+    admin = await _admin(admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+    finally:
         await admin.close()
 
 

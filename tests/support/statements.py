@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.live.hub import POLL_OPTION
+from schema.live.hub import POLL_OPTION
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from server.broker import MemoryBroker
 from server.settings import Settings
-from tests.conftest import migrated_engine
+from tests.support.database import migrated_engine
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import RedisServer, private_redis_server
 from workers.http import UpstreamClient

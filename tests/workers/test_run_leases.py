@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,17 +23,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import workers.pipeline.runner as runner_module
 from server.broker import MemoryBroker
-from server.db import create_engine
-from server.migrate import upgrade
+from server.queue import queue_run
 from server.settings import Settings
 from server.tables import checkpoints, etl_runs, prices
 from tests.support.asgi import graphql, running_app
+from tests.support.database import migrated_engine
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.live_server import kasparro_env
 from tests.support.postgres_server import PostgresServer, private_postgres_server
 from workers.jobs import close_abandoned_runs, ingest
 from workers.pipeline.causes import BAD_DATA, DATABASE, REDIS, UPSTREAM, cause_of
 from workers.pipeline.runner import run_error, run_source
-from workers.pipeline.runs import queue_run
 from workers.runtime import Runtime, open_runtime
 from workers.scheduler import Scheduler
 from workers.worker import create_worker
@@ -101,18 +100,11 @@ async def test_a_killed_run_is_closed_as_abandoned_by_another_process_and_the_ne
 ) -> None:
     csv_file = tmp_path / "coin_Bitcoin.csv"
     write_csv(csv_file, ROWS)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("KASPARRO_", "COINGECKO_", "COINPAPRIKA_"))
-        and key not in {"DATABASE_URL", "REDIS_URL"}
-    }
-    env.update(
+    env = kasparro_env(
         DATABASE_URL=db_url,
         KASPARRO_SOURCES="csv",
         KASPARRO_RUN_LEASE=str(LEASE),
         KASPARRO_CSV_BATCH_SIZE=str(BATCH),
-        KASPARRO_LOG_LEVEL="warning",
         PYTHONPATH=str(ROOT),
     )
     child = await asyncio.create_subprocess_exec(
@@ -277,8 +269,6 @@ async def test_a_run_cut_off_by_a_database_outage_is_closed_by_its_process_with_
     postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = settings_for(postgres.url, KASPARRO_DB_CONNECT_TIMEOUT=2)
-    engine = create_engine(settings)
-    await upgrade(engine, settings)
     csv_file = tmp_path / "coin_Bitcoin.csv"
     write_csv(csv_file, 10 * BATCH)
     load = runner_module._load
@@ -302,7 +292,7 @@ async def test_a_run_cut_off_by_a_database_outage_is_closed_by_its_process_with_
         await asyncio.sleep(LEASE)  # closing is retried while the database is down
         await postgres.start()
 
-    try:
+    async with migrated_engine(settings) as engine:
         async with open_runtime(settings, engine=engine, broker=MemoryBroker()) as runtime:
             down = asyncio.create_task(outage())
             # The job: it must end normally (the lock died with its connection; the run is
@@ -320,35 +310,31 @@ async def test_a_run_cut_off_by_a_database_outage_is_closed_by_its_process_with_
             resumed = await run_source(runtime, "csv", trigger="test", path=str(csv_file))
         assert resumed.status == "succeeded"
         assert resumed.counts["inserted"] == 9 * BATCH
-    finally:
-        await engine.dispose()
 
 
 async def test_a_lock_whose_connection_died_is_released_without_an_error(
     pg_url: str,
 ) -> None:
     settings = settings_for(pg_url)
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
-        async with open_runtime(settings, engine=engine, broker=MemoryBroker()) as runtime:
-            async with runtime.run_lock("csv") as acquired:
-                assert acquired
-                async with engine.connect() as conn:
-                    # The lock holder's session ends (a restart, a network cut, an operator).
-                    # Only this test's database: other tests hold advisory locks on the server.
-                    await conn.execute(
-                        text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                            "WHERE locktype = 'advisory' AND pid <> pg_backend_pid() AND "
-                            "database = (SELECT oid FROM pg_database "
-                            "WHERE datname = current_database())"
-                        )
+    async with (
+        migrated_engine(settings) as engine,
+        open_runtime(settings, engine=engine, broker=MemoryBroker()) as runtime,
+    ):
+        async with runtime.run_lock("csv") as acquired:
+            assert acquired
+            async with engine.connect() as conn:
+                # The lock holder's session ends (a restart, a network cut, an operator).
+                # Only this test's database: other tests hold advisory locks on the server.
+                await conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                        "WHERE locktype = 'advisory' AND pid <> pg_backend_pid() AND "
+                        "database = (SELECT oid FROM pg_database "
+                        "WHERE datname = current_database())"
                     )
-            async with runtime.run_lock("csv") as again:
-                assert again
-    finally:
-        await engine.dispose()
+                )
+        async with runtime.run_lock("csv") as again:
+            assert again
 
 
 # --- errors name their cause -----------------------------------------------------------------

@@ -24,9 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.broker import MemoryBroker
 from server.db import create_engine
-from server.migrate import upgrade
 from server.settings import Settings
 from server.tables import etl_runs, prices
+from tests.support.database import migrate
 from tests.support.fake_upstream import FakeUpstream, Fault, Route
 from tests.support.redis_server import private_redis_server
 from tests.support.upstream_data import CG_NOT_FOUND_BODY
@@ -64,24 +64,15 @@ def worker_settings(database_url: str, redis_url: str, fake: FakeUpstream, **env
     return Settings.load(_env_file=None, **values)
 
 
-async def migrated(database_url: str) -> None:
-    settings = Settings.load(_env_file=None, DATABASE_URL=database_url)
-    engine = create_engine(settings)
-    try:
-        await upgrade(engine, settings)
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture
 async def sqlite_db(sqlite_url: str) -> str:
-    await migrated(sqlite_url)
+    await migrate(sqlite_url)
     return sqlite_url
 
 
 @pytest.fixture
 async def pg_db(pg_url: str) -> str:
-    await migrated(pg_url)
+    await migrate(pg_url)
     return pg_url
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.settings import Settings
 from server.tables import etl_runs
-from tests.conftest import migrated_engine
+from tests.support.database import migrated_engine
 from tests.support.live_server import KasparroProcess, kasparro_process
 from tests.support.redis_server import RedisServer, private_redis_server
 from workers.worker import EXIT_REDIS_LOST, QUEUE_NAME

@@ -19,27 +19,17 @@ import structlog
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from server.broker.channels import PRICES_CHANNEL, RUNS_CHANNEL, publish
+from server.queue import run_row
 from workers.metrics import source_context
 from workers.observe import observe_run
 from workers.pipeline.causes import cause_of, is_database_unavailable
+from workers.pipeline.checkpoints import load_checkpoints
 from workers.pipeline.identity import IdentityResolver
-from workers.pipeline.load import (
-    BatchOutcome,
-    Serialized,
-    Serializer,
-    load_checkpoints,
-    write_batch,
-)
-from workers.pipeline.runs import (
-    PRICES_CHANNEL,
-    RUNS_CHANNEL,
-    close_expired_runs,
-    finish_run,
-    publish,
-    renew_lease,
-    run_row,
-    start_run,
-)
+from workers.pipeline.load import write_batch
+from workers.pipeline.outcome import BatchOutcome
+from workers.pipeline.runs import close_expired_runs, finish_run, renew_lease, start_run
+from workers.pipeline.serialize import Serialized, Serializer
 from workers.quality.anomalies import AnomalyRules, check_run
 from workers.quality.drift import DriftGuard, DriftRules
 from workers.runtime import Runtime

@@ -1,35 +1,22 @@
-"""The etl_runs rows: start, finish, and what is published about them."""
+"""The etl_runs rows of a worker's runs: start, lease, finish, abandon.
+
+What is published about them (the channel, the codec) is the broker's contract
+(server.broker.channels); the queued row triggerIngestion makes and the row as published are
+server.queue's."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
-from prometheus_client import Counter
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.broker import Broker, BrokerUnavailable
+from server.queue import run_row
 from server.tables import etl_runs
 
 log = structlog.get_logger(__name__)
-
-PRICES_CHANNEL = "prices"
-RUNS_CHANNEL = "runs"
-
-
-async def queue_run(conn: AsyncConnection, *, source: str, trigger: str) -> int:
-    """A run accepted now and started later by a worker (status "queued")."""
-    run_id = await conn.scalar(
-        etl_runs.insert()
-        .values(source=source, trigger=trigger, status="queued", started_at=datetime.now(UTC))
-        .returning(etl_runs.c.id)
-    )
-    assert run_id is not None
-    return int(run_id)
-
 
 # Closing a run whose lease expired: what is known of why.
 LEASE_EXPIRED = (
@@ -186,43 +173,3 @@ async def finish_run(
         )
     )
     return await run_row(conn, run_id)
-
-
-async def run_row(conn: AsyncConnection, run_id: int) -> dict[str, Any]:
-    row = (await conn.execute(select(etl_runs).where(etl_runs.c.id == run_id))).mappings().one()
-    return dict(row)
-
-
-def encode(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), default=_default).encode()
-
-
-def _default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
-class PublishCounter(Protocol):
-    """Counts publishes by channel and outcome (the ingestion metrics)."""
-
-    @property
-    def broker_published(self) -> Counter: ...
-
-
-async def publish(
-    broker: Broker, channel: str, payload: Any, *, metrics: PublishCounter | None = None
-) -> bool:
-    """Publish after commit; a broker outage is logged, never fails the run (data is stored).
-    Returns whether the broker took the message."""
-    outcome = "ok"
-    try:
-        await broker.publish(channel, encode(payload))
-    except BrokerUnavailable as exc:
-        outcome = "failed"
-        log.warning(
-            "broker publish failed; subscribers will replay", channel=channel, error=str(exc)
-        )
-    if metrics is not None:
-        metrics.broker_published.labels(channel, outcome).inc()
-    return outcome == "ok"

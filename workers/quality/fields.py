@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.pipeline.normalize import to_decimal, to_utc
 from workers.sources.base import ExpectedField, FieldKind
+from workers.sources.normalize import to_decimal, to_utc
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 
-from workers.pipeline.normalize import as_utc
+from workers.sources.normalize import as_utc
 
 
 class RecordError(ValueError):

@@ -21,14 +21,6 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from workers.http import FatalUpstreamError, UpstreamClient, vendor_error
-from workers.pipeline.normalize import (
-    as_utc,
-    clean_text,
-    require_decimal,
-    require_utc,
-    to_decimal,
-    to_utc,
-)
 from workers.ratelimit import RateLimiter
 from workers.sources.base import (
     Batch,
@@ -37,6 +29,14 @@ from workers.sources.base import (
     RecordError,
     SourceError,
     SourceItem,
+)
+from workers.sources.normalize import (
+    as_utc,
+    clean_text,
+    require_decimal,
+    require_utc,
+    to_decimal,
+    to_utc,
 )
 from workers.sources.payloads import (
     decimal_extras,

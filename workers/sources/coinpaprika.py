@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 from workers.http import UpstreamClient
-from workers.pipeline.normalize import clean_text, require_decimal, require_utc, to_decimal
 from workers.ratelimit import RateLimiter
 from workers.sources.base import Batch, ExpectedField, PriceRecord, RecordError, SourceItem
+from workers.sources.normalize import clean_text, require_decimal, require_utc, to_decimal
 from workers.sources.payloads import (
     decimal_extras,
     latest_time,

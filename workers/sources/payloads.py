@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from workers.http import vendor_error
-from workers.pipeline.normalize import to_decimal, to_utc
 from workers.sources.base import RecordError, SourceError
+from workers.sources.normalize import to_decimal, to_utc
 
 
 def describe_json(value: object) -> str:

@@ -27,3 +27,12 @@ async def test_a_redis_url_means_the_redis_broker_with_its_prefix() -> None:
 def test_importing_the_package_does_not_import_redis() -> None:
     code = "import sys, server.broker; sys.exit('redis' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.slow
+def test_the_contract_and_its_readers_do_not_import_redis() -> None:
+    """The channels, the backoff, the fan-out and their readers in the server load redis only
+    when a Redis broker is made."""
+    modules = "server.broker.channels, server.broker.fanout, schema.live.hub, schema.prices.cache"
+    code = f"import sys, {modules}; sys.exit('redis' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

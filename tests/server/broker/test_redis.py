@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Self
 from urllib.parse import urlsplit
@@ -13,11 +14,16 @@ import redis.asyncio as aioredis
 from server.broker import BrokerUnavailable, Event, Gap, Message
 from server.broker.redis import RedisBroker, RedisSubscription
 from tests.support.redis_server import RedisServer, free_port, private_redis_server
+from tests.support.statements import eventually
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
 
-async def receive(subscription: RedisSubscription, timeout: float = 2.0) -> Event:
+# How long a test waits for what must come (a deadline against hanging, not a measure of speed).
+WAIT = 30.0
+
+
+async def receive(subscription: RedisSubscription, timeout: float = WAIT) -> Event:
     async with asyncio.timeout(timeout):
         return await anext(subscription)
 
@@ -131,15 +137,15 @@ async def test_leaving_the_subscription_brings_numsub_to_zero(
     channel = f"{redis_namespace}:prices"
     async with broker.subscribe("prices", "runs"):
         assert await numsub(raw, channel) == 1
-    async with asyncio.timeout(2):
+    async with asyncio.timeout(WAIT):
         while await numsub(raw, channel) != 0:
             await asyncio.sleep(0.01)
 
 
-async def test_ping_is_false_fast_for_a_closed_port() -> None:
+async def test_ping_is_false_for_a_closed_port() -> None:
     broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0")
     try:
-        async with asyncio.timeout(1):
+        async with asyncio.timeout(WAIT):
             assert await broker.ping() is False
     finally:
         await broker.close()
@@ -152,7 +158,7 @@ async def test_ping_is_true_for_a_running_redis(broker: RedisBroker) -> None:
 async def test_publish_retries_then_raises_broker_unavailable() -> None:
     broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", attempts=3)
     try:
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(WAIT):
             with pytest.raises(BrokerUnavailable, match="after 3 attempts"):
                 await broker.publish("prices", b"x")
     finally:
@@ -162,7 +168,7 @@ async def test_publish_retries_then_raises_broker_unavailable() -> None:
 async def test_subscribing_to_an_unreachable_redis_raises_broker_unavailable() -> None:
     broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", attempts=2)
     try:
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(WAIT):
             with pytest.raises(BrokerUnavailable, match="subscribe"):
                 async with broker.subscribe("prices"):
                     pass
@@ -175,9 +181,19 @@ async def consume(subscription: RedisSubscription, events: asyncio.Queue[Event])
         events.put_nowait(event)
 
 
-async def next_event(events: asyncio.Queue[Event], timeout: float = 2.0) -> Event:
+async def next_event(events: asyncio.Queue[Event], timeout: float = WAIT) -> Event:
     async with asyncio.timeout(timeout):
         return await events.get()
+
+
+async def until_logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    """Wait until the broker has logged a line containing `text` (what it does next depends on
+    it having noticed)."""
+    await eventually(
+        lambda: any(text in record.getMessage() for record in caplog.records),
+        timeout=WAIT,
+        what=f"a log line with {text!r}",
+    )
 
 
 @pytest.mark.slow
@@ -192,8 +208,8 @@ async def test_a_subscription_survives_a_redis_restart(server: RedisServer) -> N
 
             await server.restart()  # the consumer is blocked reading when the server goes
 
-            async with asyncio.timeout(5):
-                assert await next_event(events, timeout=5) == Gap(reason="reconnected")
+            async with asyncio.timeout(WAIT):
+                assert await next_event(events) == Gap(reason="reconnected")
                 assert await broker.publish("prices", b"after") == 1
                 assert await broker.publish("runs", b"after") == 1
                 assert await next_event(events) == Message("prices", b"after")
@@ -206,7 +222,10 @@ async def test_a_subscription_survives_a_redis_restart(server: RedisServer) -> N
 
 
 @pytest.mark.slow
-async def test_a_silent_connection_is_detected_while_idle(server: RedisServer) -> None:
+async def test_a_silent_connection_is_detected_while_idle(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="server.broker.redis")
     broker = RedisBroker(
         server.url, prefix="frozen:", health_check_interval=0.2, socket_timeout=1.0
     )
@@ -218,11 +237,11 @@ async def test_a_silent_connection_is_detected_while_idle(server: RedisServer) -
             assert await next_event(events) == Message("prices", b"before")
 
             server.freeze()  # connections stay open, nothing answers: only a PING can tell
-            await asyncio.sleep(1.0)
+            await until_logged(caplog, "; reconnecting")  # the PING went unanswered
             server.resume()
 
             # Without the health check the old connection would simply carry on, with no Gap.
-            assert await next_event(events, timeout=5) == Gap(reason="reconnected")
+            assert await next_event(events) == Gap(reason="reconnected")
             assert await broker.publish("prices", b"after") == 1
             assert await next_event(events) == Message("prices", b"after")
             consumer.cancel()
@@ -233,16 +252,20 @@ async def test_a_silent_connection_is_detected_while_idle(server: RedisServer) -
 
 
 @pytest.mark.slow
-async def test_a_subscription_waiting_for_a_dead_redis_can_be_left(server: RedisServer) -> None:
+async def test_a_subscription_waiting_for_a_dead_redis_can_be_left(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="server.broker.redis")
     broker = RedisBroker(server.url, prefix="gone:")
     events: asyncio.Queue[Event] = asyncio.Queue()
     try:
         async with broker.subscribe("prices") as subscription:
             consumer = asyncio.create_task(consume(subscription, events))
             await server.stop()
-            await asyncio.sleep(0.5)  # the consumer is now in its reconnect loop
+            await until_logged(caplog, "resubscribing")  # in its reconnect loop, failing
             consumer.cancel()
-            async with asyncio.timeout(1):
+            # The deadline only keeps a consumer that ignores the cancellation from hanging.
+            async with asyncio.timeout(WAIT):
                 with pytest.raises(asyncio.CancelledError):
                     await consumer
         assert events.empty()

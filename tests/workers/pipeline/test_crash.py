@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,12 +30,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.db import create_engine
-from server.migrate import upgrade
-from server.settings import Settings
 from server.tables import assets, checkpoints, etl_runs, prices, raw_records
 from tests.support import upstream_data
+from tests.support.database import migrated_engine
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.live_server import kasparro_env
 from tests.support.services import postgres_admin_url, temporary_postgres_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -66,18 +65,6 @@ COMPARED = (
 )
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test runner's environment without any variable of the service (as in test_cli)."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("KASPARRO_", "COINGECKO_", "COINPAPRIKA_"))
-        and key not in {"DATABASE_URL", "REDIS_URL"}
-    }
-    env.update({"KASPARRO_SOURCES": "csv", "KASPARRO_LOG_LEVEL": "warning", **extra})
-    return env
-
-
 def write_kaggle_csv(path: Path, rows: int, seed: int) -> None:
     """A Kaggle coin_*.csv-style file of six coins, hourly, values from a seeded random walk."""
     coins = [
@@ -106,16 +93,9 @@ def write_kaggle_csv(path: Path, rows: int, seed: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-@asynccontextmanager
-async def migrated(url: str) -> AsyncIterator[AsyncEngine]:
+def migrated(url: str) -> AbstractAsyncContextManager[AsyncEngine]:
     """An engine on the database at `url`, migrated to head."""
-    settings = Settings.load(_env_file=None, DATABASE_URL=url)
-    engine = create_engine(settings, pool_size=2, max_overflow=0)
-    try:
-        await upgrade(engine, settings)
-        yield engine
-    finally:
-        await engine.dispose()
+    return migrated_engine(url, pool_size=2, max_overflow=0)
 
 
 @asynccontextmanager
@@ -227,7 +207,7 @@ async def ingest(args: list[str], cwd: Path, **env: str) -> AsyncIterator[Ingest
     server = await asyncio.create_subprocess_exec(
         *INGEST_CHILD,
         cwd=cwd,
-        env=clean_env(PYTHONPATH=str(ROOT), **env),
+        env=kasparro_env(KASPARRO_SOURCES="csv", PYTHONPATH=str(ROOT), **env),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )

@@ -1,8 +1,8 @@
 """Every real third-party CSV file through the whole pipeline, on SQLite and PostgreSQL: each data
 row is stored, quarantined or skipped (none silently dropped), under the coin the file names.
 
-The files are copied under their original names (see test_csv_sites.original_name): the names
-of the shared fixtures carry their layout and repository around the original one."""
+The files are copied under their original names (see original_name in sources/csv/test_sites):
+the names of the shared fixtures carry their layout and repository around the original one."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from server.tables import assets, prices, quarantine
 from tests.support.real_fixtures import real_files
 from tests.workers.pipeline.conftest import OpenRuntime
-from tests.workers.sources.test_csv_sites import REAL_ASSETS, data_rows, original_name
+from tests.workers.sources.csv.test_sites import REAL_ASSETS, data_rows, original_name
 from workers.pipeline.runner import run_source
 
 

@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schema.assets.query import assets_for_symbol
 from server.db import create_engine
 from server.tables import asset_aliases, assets
-from tests.conftest import migrated_engine
 from tests.schema.conftest import app_settings
 from tests.support.asgi import graphql, running_app
+from tests.support.database import migrated_engine
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.services import postgres_admin_url, temporary_postgres_database
 from tests.support.upstream_data import market_coin, ticker

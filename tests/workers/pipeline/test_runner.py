@@ -317,7 +317,7 @@ async def test_updating_the_run_row_is_visible_to_run_queries(
 async def test_a_queued_run_is_adopted_by_the_worker_that_starts_it(
     runtime: Runtime, engine: AsyncEngine
 ) -> None:
-    from workers.pipeline.runs import queue_run
+    from server.queue import queue_run
 
     async with engine.begin() as conn:
         queued = await queue_run(conn, source="coingecko", trigger="api")
@@ -332,7 +332,7 @@ async def test_a_queued_run_is_adopted_by_the_worker_that_starts_it(
 async def test_a_queued_run_waits_for_the_run_in_progress(
     runtime: Runtime, engine: AsyncEngine, fake: FakeUpstream
 ) -> None:
-    from workers.pipeline.runs import queue_run
+    from server.queue import queue_run
 
     async with engine.begin() as conn:
         queued = await queue_run(conn, source="coingecko", trigger="api")

@@ -13,7 +13,7 @@ from workers.quality.drift import DriftDetector, DriftGuard, DriftRules, name_si
 from workers.sources.base import Batch, DriftFinding, PriceRecord, RecordError, SourceItem
 from workers.sources.coingecko import MARKET_FIELDS, parse_market_item
 from workers.sources.coinpaprika import TICKER_FIELDS, parse_ticker
-from workers.sources.csv_layout import layout_for_headers
+from workers.sources.csv.layout import layout_for_headers
 
 RULES = DriftRules(automap_at=0.8, quarantine_at=0.5)
 

@@ -1,0 +1,185 @@
+"""The outgoing side of a WebSocket connection: a bounded queue of frames and its writer task.
+
+Every connection has a bounded queue of outgoing frames, and a writer task only while the queue
+holds any (an idle connection keeps no task, nor the last burst it sent): publishing never waits
+for a client. A client whose queue grows past KASPARRO_WS_MAX_QUEUE_BYTES is closed with code
+1013 and a reason saying so (it may reconnect with `after` and lose nothing), so memory stays
+bounded and a slow client never delays the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from starlette.types import Send
+
+from server.live.close_codes import TRY_AGAIN_LATER
+from server.live.direct import DirectWriter, Gone
+from server.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+# Bytes of queued messages written with one system call (when the server allows it).
+WRITE_BATCH_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The last frame of a connection."""
+
+    code: int
+    reason: str
+
+
+class BoundedWriter:
+    """A connection's queue of outgoing text frames, at most `max_bytes` long, and the task that
+    writes them with the ASGI `send`. The connection (server.live.websocket.Connection) is one:
+    it stops its operations in `on_close`."""
+
+    __slots__ = (
+        "_drained",
+        "_replaying",
+        "_writer",
+        "closing",
+        "max_bytes",
+        "metrics",
+        "queue",
+        "queued_bytes",
+        "send",
+    )
+
+    def __init__(self, send: Send, max_bytes: int, metrics: Metrics | None) -> None:
+        self.send = send
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+        self.queue: deque[str | Close] = deque()
+        self.queued_bytes = 0
+        self.closing = False
+        self._writer: asyncio.Task[None] | None = None  # while frames are queued
+        self._drained: asyncio.Event | None = None  # made when a replay first waits
+        self._replaying = 0  # replays waiting for the queue to drain
+
+    def enqueue(self, frame: str) -> None:
+        """Queue one frame without waiting; past the bound, the client is closed as too slow."""
+        if self.closing:
+            return
+        size = len(frame)
+        if self.queued_bytes + size > self.max_bytes:
+            self.overflow(f"more than {self.max_bytes} bytes of messages were waiting")
+            return
+        self.queue.append(frame)
+        self.queued_bytes += size
+        if self._writer is None:
+            self._start_writer()
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        """Queue one message as compact JSON."""
+        self.enqueue(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
+
+    async def enqueue_when_drained(self, frame: str) -> None:
+        """Queue one frame of a replay: waits while the queue is more than half full."""
+        while self.queued_bytes > self.max_bytes // 2 and not self.closing:
+            if self._drained is None:
+                self._drained = asyncio.Event()
+            self._replaying += 1
+            self._drained.clear()
+            try:
+                await self._drained.wait()
+            finally:
+                self._replaying -= 1
+        self.enqueue(frame)
+
+    def close(self, code: int, reason: str, *, urgent: bool = False) -> None:
+        """Send a close frame after what is queued (or instead of it, if `urgent`)."""
+        if self.closing:
+            return
+        self.closing = True
+        if urgent:
+            self.queue.clear()
+            self.queued_bytes = 0
+        self.on_close()
+        self.queue.append(Close(code, reason[:120]))
+        self._start_writer()
+        if self._drained is not None:
+            self._drained.set()
+
+    def on_close(self) -> None:
+        """Called once when closing starts, before the Close frame is queued: whatever feeds
+        the queue stops here."""
+
+    def overflow(self, reason: str) -> None:
+        """The client fell too far behind: drop what waits and close, telling it why."""
+        if self.closing:
+            return
+        if self.metrics is not None:
+            self.metrics.slow_clients.inc()
+        log.warning("closing a slow websocket client", reason=reason)
+        self.close(
+            TRY_AGAIN_LATER, f"too slow: {reason}; reconnect with `after` to resume", urgent=True
+        )
+
+    async def stop_writing(self) -> None:
+        """Cancel the writer task, if any, and wait for it (the client is gone)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        """Send queued frames in order until the queue is empty; the Close frame ends the
+        connection's writing. Under uvicorn's sans-I/O protocol every frame waiting is written
+        with one system call (server.live.direct); elsewhere, one ASGI send per frame."""
+        queue = self.queue
+        send = self.send
+        direct = DirectWriter.of(send)
+        try:
+            while queue:
+                if direct is not None and not isinstance(queue[0], Close):
+                    await direct.write(self._take_batch())
+                else:
+                    frame = queue.popleft()
+                    if isinstance(frame, Close):
+                        await send(
+                            {"type": "websocket.close", "code": frame.code, "reason": frame.reason}
+                        )
+                        queue.clear()
+                        return
+                    self.queued_bytes -= len(frame)
+                    await send({"type": "websocket.send", "text": frame})
+                if self._replaying and self.queued_bytes <= self.max_bytes // 2:
+                    assert self._drained is not None
+                    self._drained.set()
+        except (OSError, Gone):
+            self.closing = True  # the client is gone; the reader sees the disconnect
+        except Exception as exc:
+            # Uvicorn's ClientDisconnected and the like.
+            self.closing = True
+            log.debug("websocket send failed", error=repr(exc))
+        finally:
+            self._writer = None
+
+    def _take_batch(self) -> list[str]:
+        """The text frames at the head of the queue, up to WRITE_BATCH_BYTES."""
+        queue = self.queue
+        batch: list[str] = []
+        size = 0
+        while queue and size < WRITE_BATCH_BYTES:
+            frame = queue[0]
+            if isinstance(frame, Close):
+                break
+            queue.popleft()
+            batch.append(frame)
+            size += len(frame)
+        self.queued_bytes -= size
+        return batch
