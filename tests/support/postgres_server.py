@@ -15,7 +15,7 @@ import os
 import pwd
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -165,32 +165,30 @@ def _private_directory() -> Path:
 @contextlib.asynccontextmanager
 async def private_postgres_server() -> AsyncIterator[PostgresServer]:
     """A running private cluster, always stopped and its directory removed afterwards."""
-    async with _running(PostgresServer.init) as server:
-        yield server
+    directory = _private_directory()
+    try:
+        server = PostgresServer(directory, free_port())
+        await server.init()
+        try:
+            await server.start()
+            yield server
+        finally:
+            try:
+                await server.stop("fast")
+            except RuntimeError:
+                await server.stop("immediate")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
 async def private_postgres_replica(primary: PostgresServer) -> AsyncIterator[PostgresServer]:
     """A running streaming replica (hot standby) of `primary` on a port of its own, always
     stopped and its directory removed afterwards."""
-
-    async def clone(server: PostgresServer) -> None:
-        await server.clone(primary)
-
-    async with _running(clone) as server:
-        yield server
-
-
-@contextlib.asynccontextmanager
-async def _running(
-    create: Callable[[PostgresServer], Awaitable[None]],
-) -> AsyncIterator[PostgresServer]:
-    """A cluster made by `create` in a private directory on a free port, started; stopped
-    (fast, else immediately) and its directory removed afterwards."""
     directory = _private_directory()
     try:
         server = PostgresServer(directory, free_port())
-        await create(server)
+        await server.clone(primary)
         try:
             await server.start()
             yield server
