@@ -83,7 +83,7 @@ class PostgresServer:
             raise RuntimeError(f"{' '.join(args)} failed: {text}\n{self._log_tail()}")
 
     async def init(self) -> None:
-        """Create the cluster (trust auth, superuser `postgres`, replication from 127.0.0.1)."""
+        """Create the cluster (trust auth, superuser `postgres`)."""
         await self._run(
             str(self._bin / "initdb"),
             "-D", str(self.data),
@@ -91,22 +91,6 @@ class PostgresServer:
             "-A", "trust",
             "-E", "UTF8",
             "--no-locale",
-            "--no-sync",
-        )  # fmt: skip
-        with (self.data / "pg_hba.conf").open("a") as hba:
-            hba.write("host replication all 127.0.0.1/32 trust\n")
-
-    async def clone(self, primary: PostgresServer) -> None:
-        """Make this cluster a streaming standby of `primary` (a base backup that writes the
-        standby's connection settings: `-R`)."""
-        await self._run(
-            str(self._bin / "pg_basebackup"),
-            "-D", str(self.data),
-            "-h", "127.0.0.1",
-            "-p", str(primary.port),
-            "-U", "postgres",
-            "-R",
-            "-X", "stream",
             "--no-sync",
         )  # fmt: skip
 
@@ -120,10 +104,6 @@ class PostgresServer:
                 "-c fsync=off",
                 "-c synchronous_commit=off",
                 "-c full_page_writes=off",
-                # A streaming replica can be made of it (`private_postgres_replica`).
-                "-c wal_level=replica",
-                "-c max_wal_senders=5",
-                "-c hot_standby=on",
             ]
         )
         await self._run(
@@ -154,41 +134,16 @@ class PostgresServer:
         return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else "(no log)"
 
 
-def _private_directory() -> Path:
-    directory = Path(tempfile.mkdtemp(prefix="kasparro-pg-"))
-    if os.geteuid() == 0:
-        user = pwd.getpwnam(OS_USER)
-        os.chown(directory, user.pw_uid, user.pw_gid)
-    return directory
-
-
 @contextlib.asynccontextmanager
 async def private_postgres_server() -> AsyncIterator[PostgresServer]:
     """A running private cluster, always stopped and its directory removed afterwards."""
-    directory = _private_directory()
+    directory = Path(tempfile.mkdtemp(prefix="kasparro-pg-"))
     try:
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(OS_USER)
+            os.chown(directory, user.pw_uid, user.pw_gid)
         server = PostgresServer(directory, free_port())
         await server.init()
-        try:
-            await server.start()
-            yield server
-        finally:
-            try:
-                await server.stop("fast")
-            except RuntimeError:
-                await server.stop("immediate")
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@contextlib.asynccontextmanager
-async def private_postgres_replica(primary: PostgresServer) -> AsyncIterator[PostgresServer]:
-    """A running streaming replica (hot standby) of `primary` on a port of its own, always
-    stopped and its directory removed afterwards."""
-    directory = _private_directory()
-    try:
-        server = PostgresServer(directory, free_port())
-        await server.clone(primary)
         try:
             await server.start()
             yield server
