@@ -321,16 +321,15 @@ class Settings(BaseSettings):
                     ) from None
         return value
 
-    @field_validator("coingecko_base_url", "coinpaprika_base_url")
+    @field_validator(
+        "coingecko_base_url",
+        "coinpaprika_base_url",
+        "binance_base_url",
+        "coinbase_base_url",
+        "kraken_base_url",
+    )
     @classmethod
     def _base_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base URL {value!r} must start with http:// or https://")
-        return value.rstrip("/")
-
-    @field_validator("binance_base_url", "coinbase_base_url", "kraken_base_url")
-    @classmethod
-    def _exchange_base_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"base URL {value!r} must start with http:// or https://")
         return value.rstrip("/")
