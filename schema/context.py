@@ -36,6 +36,9 @@ class Context:
     live: LiveHub | None = None
     # The API key a WebSocket client sent in connection_init (HTTP keys are in the headers).
     api_key: str | None = None
+    # Loaders read the primary, never a read replica (DATABASE_READ_URL): subscriptions, whose
+    # prices and runs may be newer than what a lagging replica has replayed.
+    primary_reads: bool = False
     # The data loaders, made on first use (`loaders`): most requests use none.
     _loaders: Loaders | None = field(default=None, repr=False)
 
@@ -43,8 +46,14 @@ class Context:
     def loaders(self) -> Loaders:
         """This request's data loaders (one batch and cache per request)."""
         if self._loaders is None:
-            self._loaders = create_loaders(self.engine)
+            self._loaders = create_loaders(self.engine, primary=self.primary_reads)
         return self._loaders
+
+    def read_primary(self) -> None:
+        """From now on the loaders read the primary (a subscription's fields)."""
+        if not self.primary_reads:
+            self.primary_reads = True
+            self._loaders = None
 
     def renew_loaders(self) -> None:
         """Forget what the loaders cached: the next use makes new ones."""

@@ -26,12 +26,13 @@ async def _all(conn: AsyncConnection, query: Select[Any]) -> list[Any]:
     return list((await conn.execute(query)).all())
 
 
-def create_loaders(engine: AsyncEngine) -> Loaders:
-    """Loaders reading through `server.db.read` (autocommit, retried on a dead connection)."""
+def create_loaders(engine: AsyncEngine, *, primary: bool = False) -> Loaders:
+    """Loaders reading through `server.db.read` (autocommit, retried on a dead connection): on
+    the read replica when there is one, on `engine` itself when `primary`."""
 
     async def load_assets(ids: Sequence[int]) -> list[Any]:
         query = select(assets).where(assets.c.id.in_(ids))
-        rows = await read(engine, lambda conn: _all(conn, query))
+        rows = await read(engine, lambda conn: _all(conn, query), primary=primary)
         by_id = {row.id: row for row in rows}
         return [by_id.get(asset_id) for asset_id in ids]
 
@@ -41,7 +42,7 @@ def create_loaders(engine: AsyncEngine) -> Loaders:
             .where(asset_aliases.c.asset_id.in_(ids))
             .order_by(asset_aliases.c.source, asset_aliases.c.source_asset_id)
         )
-        rows = await read(engine, lambda conn: _all(conn, query))
+        rows = await read(engine, lambda conn: _all(conn, query), primary=primary)
         by_asset: dict[int, list[Any]] = {asset_id: [] for asset_id in ids}
         for row in rows:
             by_asset[row.asset_id].append(row)
@@ -49,7 +50,7 @@ def create_loaders(engine: AsyncEngine) -> Loaders:
 
     async def load_latest_prices(ids: Sequence[int]) -> list[list[PriceRow]]:
         """Each asset's newest price per source, by source."""
-        rows = await read(engine, lambda conn: latest_rows(conn, asset_ids=ids))
+        rows = await read(engine, lambda conn: latest_rows(conn, asset_ids=ids), primary=primary)
         by_asset: dict[int, list[PriceRow]] = {asset_id: [] for asset_id in ids}
         for row in sorted(rows, key=lambda row: row.source):
             by_asset[row.asset_id].append(row)

@@ -27,6 +27,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from strawberry.types import Info
 
 from schema.context import Context
+from server.db import read_engine
 from server.errors import InvalidCursor, InvalidPageSize
 
 DEFAULT_PAGE_SIZE = 50
@@ -72,7 +73,7 @@ class Connection(Generic[NodeType]):
     count_query: strawberry.Private[Any]
 
     async def count(self, engine: AsyncEngine) -> int:
-        async with engine.connect() as conn:
+        async with read_engine(engine).connect() as conn:
             return int(await conn.scalar(self.count_query) or 0)
 
 

@@ -38,7 +38,14 @@ from server.broker import create_broker
 from server.broker.channels import PRICES_CHANNEL, RUNS_CHANNEL
 from server.broker.fanout import FanoutBroker
 from server.compiled import CompiledGraphQL
-from server.db import create_engine, create_sessionmaker, ping
+from server.db import (
+    create_engine,
+    create_read_engine,
+    create_sessionmaker,
+    ping,
+    replica_status,
+    use_replica,
+)
 from server.dbmetrics import register_pool
 from server.debug_memory import debug_routes
 from server.httpcache import HttpCacheMiddleware
@@ -216,6 +223,9 @@ class GraphQLApp(GraphQL[Context, None]):
             queue=state.queue,
             price_cache=state.price_cache,
             live=getattr(state, "live", None),
+            # A WebSocket's operations are mostly subscriptions, whose rows the read replica
+            # may not have replayed yet: its loaders read the primary.
+            primary_reads=isinstance(request, WebSocket),
         )
 
     def encode_json(self, data: object) -> bytes:
@@ -268,6 +278,15 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> Starlette:
         app.state.broker = broker
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
+            # DATABASE_READ_URL: plain query reads of `engine` go to the replica (server.db);
+            # writes, the live hub and health of the primary stay on `engine`.
+            app.state.read_replica = replica = create_read_engine(settings)
+            if replica is not None:
+                stack.push_async_callback(replica.dispose)
+                use_replica(engine, replica)
+                stack.callback(use_replica, engine, None)
+                watch = asyncio.create_task(watch_replica(replica, metrics))
+                stack.push_async_callback(_cancel, watch)
             stack.push_async_callback(broker.close)
             if isinstance(broker, FanoutBroker):
                 await broker.start()
@@ -393,10 +412,44 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready to serve: the database and the broker answer; 503 otherwise."""
+    """Ready to serve: the database and the broker answer (and the read replica, when there is
+    one, with its replay lag in seconds); 503 otherwise."""
     state = request.app.state
     database, broker = await asyncio.gather(ping(state.engine), state.broker.ping())
-    body = {"database": "up" if database else "down", "broker": "up" if broker else "down"}
+    body: dict[str, Any] = {
+        "database": "up" if database else "down",
+        "broker": "up" if broker else "down",
+    }
     ready = database and broker
+    replica = getattr(state, "read_replica", None)
+    if replica is not None:
+        reachable, lag = await replica_status(replica)
+        record_replica(state.metrics, reachable, lag)
+        body["replica"] = "up" if reachable else "down"
+        body["replicaLagSeconds"] = lag
+        ready = ready and reachable
     body["status"] = "ready" if ready else "unavailable"
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+# Seconds between two probes of the read replica for its metrics.
+REPLICA_PROBE_INTERVAL = 5.0
+
+
+async def watch_replica(replica: Any, metrics: Metrics) -> None:
+    """Keep the replica's gauges (up, replay lag) current while the app runs."""
+    while True:
+        reachable, lag = await replica_status(replica)
+        record_replica(metrics, reachable, lag)
+        await asyncio.sleep(REPLICA_PROBE_INTERVAL)
+
+
+def record_replica(metrics: Metrics, reachable: bool, lag: float | None) -> None:
+    metrics.replica_up.set(1 if reachable else 0)
+    metrics.replica_lag.set(float("nan") if lag is None else lag)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

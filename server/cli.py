@@ -119,7 +119,13 @@ EXIT_FOR_STATUS = {"succeeded": 0, "failed": 1, "partial": 3, "skipped": 4}
 
 @cli.command()
 def ingest(
-    source: Annotated[str, typer.Argument(help="coingecko, coinpaprika, csv or coingecko-history")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="coingecko, coinpaprika, csv, coingecko-history or an installed plugin's "
+            "source (`kasparro sources`)"
+        ),
+    ],
     file: Annotated[
         str | None, typer.Option("--file", help="csv: ingest this file instead of the globs")
     ] = None,
@@ -156,16 +162,15 @@ def ingest(
 ) -> None:
     """One ingestion run now, with progress. Exit code: 0 succeeded, 1 failed, 3 partial
     (rows quarantined), 4 skipped (another run of the source is in progress)."""
-    from workers.sources import SOURCE_NAMES
+    from workers.sources import PluginError, get_plugin, source_names
 
     settings = load_settings()
-    if source not in SOURCE_NAMES:
-        typer.secho(
-            f"kasparro: unknown source {source!r}; known: {', '.join(SOURCE_NAMES)}",
-            err=True,
-            fg=typer.colors.RED,
-        )
-        raise typer.Exit(2)
+    try:
+        get_plugin(source)
+    except PluginError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except ValueError:
+        fail(f"unknown source {source!r}; known: {', '.join(source_names())}", EXIT_USAGE)
     if dataset is not None:
         from server.source_names import BadDatasetName, check_dataset
 
@@ -205,6 +210,77 @@ def runs(
     elif not asyncio.run(_show_run(settings, show, examples)):
         typer.secho(f"kasparro: no run {show}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
+
+
+@cli.command("sources")
+def sources_command() -> None:
+    """The installed sources, built-in and plugins: where each comes from, whether
+    KASPARRO_SOURCES enables it, and its last run and checkpoint. Sources that cannot be
+    loaded are listed with the reason (on stderr); exit code 1 then."""
+    from rich.console import Console
+
+    from server.console import sources_table
+    from workers.sources.plugin import installed_sources, plugin_problems
+
+    settings = load_settings()
+    installed = list(installed_sources().values())
+    stored = [s.plugin.source if s.plugin else s.name for s in installed]
+    states = asyncio.run(_source_states(settings, sorted(set(stored))))
+    rows = []
+    for source, name in zip(installed, stored, strict=True):
+        entry = source.entry_point
+        state = states.get(name, {})
+        rows.append(
+            {
+                "name": source.name,
+                "origin": f"{entry.distribution} {entry.version}",
+                "description": source.plugin.description if source.plugin else "",
+                "enabled": source.name in settings.sources,
+                "last_run": state.get("last_run"),
+                "checkpoints": state.get("checkpoints", []),
+                "error": source.error,
+            }
+        )
+    Console().print(sources_table(rows))
+    problems = plugin_problems()
+    for problem in problems:
+        typer.secho(f"kasparro: {problem}", err=True, fg=typer.colors.RED)
+    if problems:
+        raise typer.Exit(EXIT_FAILED)
+
+
+async def _source_states(settings: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each source's newest run and checkpoints, as `kasparro runs` and the `sources` query read
+    them (schema/runs/aggregates.py)."""
+    from sqlalchemy import select
+
+    from schema.runs.aggregates import source_runs
+    from server.db import create_engine
+    from server.source_names import stored_under
+    from server.tables import checkpoints
+
+    engine = create_engine(settings)
+    try:
+        await _usable(engine, settings)
+        async with engine.connect() as conn:
+            runs = await source_runs(conn, names)
+            query = (
+                select(checkpoints)
+                .where(stored_under(checkpoints.c.source, names))
+                .order_by(checkpoints.c.source, checkpoints.c.stream)
+            )
+            rows = (await conn.execute(query)).mappings().all()
+    finally:
+        await engine.dispose()
+    states: dict[str, dict[str, Any]] = {
+        name: {"last_run": runs[name].last._asdict() if name in runs and runs[name].last else None}
+        for name in names
+    }
+    for row in rows:
+        for name in names:
+            if name in (row["source"], row["source"].partition(":")[0]):
+                states[name].setdefault("checkpoints", []).append(dict(row))
+    return states
 
 
 assets_cli = typer.Typer(help="Curate identity: pin a source's coin to an asset, or split it off.")
@@ -330,7 +406,7 @@ async def _ingest(
     from server.queue import run_row
     from workers.pipeline.runner import run_source
     from workers.runtime import open_runtime
-    from workers.sources import UnknownSourceError
+    from workers.sources import PluginError, UnknownSourceError
 
     console = Console(stderr=True)
     engine = create_engine(settings)
@@ -349,7 +425,7 @@ async def _ingest(
                         options=options,
                         progress=progress,
                     )
-                except (UnknownSourceError, ValueError) as exc:
+                except (UnknownSourceError, PluginError, ValueError) as exc:
                     typer.secho(f"kasparro: {exc}", err=True, fg=typer.colors.RED)
                     raise typer.Exit(2) from None
             if result.run_id is not None:
@@ -410,14 +486,15 @@ async def _check_run_source(conn: Any, source: str) -> None:
 
     from server.source_names import is_dataset_source
     from server.tables import etl_runs
-    from workers.sources import SOURCE_NAMES
+    from workers.sources import source_names
 
-    if source in SOURCE_NAMES or is_dataset_source(source):
+    names = source_names()
+    if source in names or is_dataset_source(source):
         return
     recorded = set((await conn.execute(select(etl_runs.c.source).distinct())).scalars())
     if source in recorded:
         return
-    known = [*SOURCE_NAMES, *sorted(recorded - set(SOURCE_NAMES))]
+    known = [*names, *sorted(recorded - set(names))]
     fail(f"--source: unknown source {source!r}; known: {', '.join(known)}", EXIT_USAGE)
 
 

@@ -202,3 +202,39 @@ def _example(row: Any) -> Text:
 
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def sources_table(rows: Sequence[Mapping[str, Any]], title: str = "Sources") -> Table:
+    """`kasparro sources`: one row per installed source. A row holds name, origin (distribution
+    and version), description, enabled, last_run (an etl_runs row or None), checkpoints
+    (checkpoints rows) and error (why it cannot be loaded, or None)."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("source", no_wrap=True)
+    table.add_column("from", no_wrap=True)
+    table.add_column("enabled", no_wrap=True)
+    table.add_column("last run", no_wrap=True)
+    table.add_column("checkpoint", overflow="fold")
+    table.add_column("description", overflow="fold")
+    for row in rows:
+        run = row.get("last_run")
+        if run is None:
+            last = Text("-")
+        else:
+            status = str(run["status"])
+            last = Text(status, style=STATUS_STYLE.get(status, "white"))
+            last.append(f" {run['started_at'].strftime(TIME_FORMAT)} (run {run['id']})")
+        points = [
+            f"{point['stream'] + ': ' if point['stream'] else ''}"
+            f"{json.dumps(point['state'], sort_keys=True, default=str)}"
+            for point in row.get("checkpoints") or []
+        ]
+        error = row.get("error")
+        table.add_row(
+            Text(str(row["name"])),
+            Text(str(row["origin"])),
+            Text("yes" if row["enabled"] else "no", style="green" if row["enabled"] else "dim"),
+            last,
+            Text("\n".join(points) or "-"),
+            Text(str(error), style="red") if error else Text(str(row["description"])),
+        )
+    return table

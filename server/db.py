@@ -21,7 +21,12 @@ from server.settings import Settings
 
 T = TypeVar("T")
 
+# primary engine -> the engine its plain reads use (autocommit; on the replica when it has one)
 _readers: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
+# engine -> its autocommit variant
+_autocommits: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
+# primary engine -> its read replica's engine (DATABASE_READ_URL)
+_replicas: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
 def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
@@ -58,28 +63,68 @@ def _refuse_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         raise exc.DisconnectionError("the pooled connection was closed by the server")
 
 
-def read_engine(engine: AsyncEngine) -> AsyncEngine:
+def create_read_engine(settings: Settings, **overrides: Any) -> AsyncEngine | None:
+    """The engine for DATABASE_READ_URL (a streaming replica), or None when it is unset."""
+    if settings.database_read_url is None:
+        return None
+    return create_engine(
+        settings.model_copy(update={"database_url": settings.database_read_url}), **overrides
+    )
+
+
+def use_replica(primary: AsyncEngine, replica: AsyncEngine | None) -> None:
+    """Send `primary`'s plain reads (`read_engine`, `read`, `driver_connection`) to `replica`
+    from now on; None: back to `primary` itself."""
+    _readers.pop(primary, None)
+    if replica is None:
+        _replicas.pop(primary, None)
+    else:
+        _replicas[primary] = replica
+
+
+def replica_of(engine: AsyncEngine) -> AsyncEngine | None:
+    """The replica that serves `engine`'s plain reads, if any."""
+    return _replicas.get(engine)
+
+
+def read_engine(engine: AsyncEngine, *, primary: bool = False) -> AsyncEngine:
     """`engine` for plain reads: autocommit, so a read sends its statements and nothing else
     (no BEGIN before, no ROLLBACK after). Writers keep `engine` and its transactions.
+
+    With a replica (`use_replica`), the replica's autocommit engine: a consistent snapshot that
+    may be older than the primary. `primary=True` reads the primary itself, for whatever must see
+    a row just committed there (the live hub, a mutation's result, health of the primary).
 
     SQLite's driver opens a transaction only before a write, so there `engine` itself reads."""
     if engine.dialect.name == "sqlite":
         return engine
+    if primary:
+        return _autocommit(engine)
     reader = _readers.get(engine)
     if reader is None:
-        reader = _readers[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+        reader = _readers[engine] = _autocommit(_replicas.get(engine, engine))
+    return reader
+
+
+def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    reader = _autocommits.get(engine)
+    if reader is None:
+        reader = _autocommits[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
     return reader
 
 
 @asynccontextmanager
-async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+async def driver_connection(engine: AsyncEngine, *, primary: bool = False) -> AsyncIterator[Any]:
     """A pooled connection's driver connection (asyncpg's) for one statement sent as it is.
 
     The pool's checkout and checkin only: no SQLAlchemy Connection around it, so none of its
     per-checkout work (execution options, isolation level set and reset, events), which costs a
     small read more than the statement itself. asyncpg sends a statement outside any
     transaction, so a read here is an autocommit read as on `read_engine`. A connection that
-    turns out closed is invalidated rather than pooled again."""
+    turns out closed is invalidated rather than pooled again. On the replica when `engine` has
+    one, unless `primary` (see `read_engine`)."""
+    if not primary:
+        engine = _replicas.get(engine, engine)
     fairy = await greenlet_spawn(engine.sync_engine.raw_connection)
     try:
         yield fairy.driver_connection
@@ -92,14 +137,20 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
         await greenlet_spawn(fairy.close)
 
 
-async def read(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    """`work(conn)` on an autocommit connection of `engine` (see `read_engine`).
+async def read(
+    engine: AsyncEngine,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    primary: bool = False,
+) -> T:
+    """`work(conn)` on an autocommit connection of `engine`, or of its replica unless `primary`
+    (see `read_engine`).
 
     Run once more on a new connection when the first one turns out dead (the database restarted
     since it was pooled): SQLAlchemy invalidates it and the pool on that error, so the second
     checkout connects afresh. `work` must only read, so running it twice is harmless.
     """
-    reader = read_engine(engine)
+    reader = read_engine(engine, primary=primary)
     try:
         async with reader.connect() as conn:
             return await work(conn)
@@ -127,9 +178,29 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 async def ping(engine: AsyncEngine) -> bool:
-    """True when the database answers a trivial query."""
+    """True when `engine`'s database itself (never its replica) answers a trivial query."""
     try:
-        await read(engine, lambda conn: conn.execute(text("SELECT 1")))
+        await read(engine, lambda conn: conn.execute(text("SELECT 1")), primary=True)
     except Exception:  # any failure means "not reachable" to a health check
         return False
     return True
+
+
+# The standby's replay lag: how long ago the newest replayed transaction committed on the
+# primary (NULL on a primary, or on a standby that has replayed nothing yet).
+_REPLAY_LAG = text(
+    "SELECT pg_is_in_recovery() AS standby, "
+    "extract(epoch FROM now() - pg_last_xact_replay_timestamp()) AS lag"
+)
+
+
+async def replica_status(replica: AsyncEngine) -> tuple[bool, float | None]:
+    """(reachable, replay lag in seconds) of a read replica; the lag is None when it cannot be
+    told (not a standby, nothing replayed yet, or unreachable)."""
+    try:
+        row = (await read(replica, lambda conn: conn.execute(_REPLAY_LAG), primary=True)).one()
+    except Exception:  # any failure means "not reachable" to a health check
+        return False, None
+    if not row.standby or row.lag is None:
+        return True, None
+    return True, max(0.0, float(row.lag))

@@ -56,6 +56,18 @@ class Metrics:
             ["route", "method"],
             registry=self.registry,
         )
+        # The read replica (DATABASE_READ_URL), probed by the app every few seconds and by /readyz.
+        self.replica_up = Gauge(
+            "kasparro_db_replica_up",
+            "1 when the read replica (DATABASE_READ_URL) answers, 0 when it does not",
+            registry=self.registry,
+        )
+        self.replica_lag = Gauge(
+            "kasparro_db_replica_lag_seconds",
+            "Seconds since the transaction the read replica replayed last committed on the "
+            "primary (now() - pg_last_xact_replay_timestamp()); NaN when unknown",
+            registry=self.registry,
+        )
         # Live subscriptions (server.live).
         self.ws_connections = Gauge(
             "kasparro_ws_connections",

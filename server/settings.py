@@ -14,8 +14,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from server.source_names import BUILTIN_SOURCES, known_sources
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./kasparro.db"
-KNOWN_SOURCES = ("coingecko", "coinpaprika", "csv")
+# The built-in sources, enabled by default; installed plugins add theirs (`known_sources`).
+KNOWN_SOURCES = BUILTIN_SOURCES
 
 # Driver-less URLs a managed service hands out are mapped onto the async drivers we ship.
 _DRIVER_FOR_SCHEME = {
@@ -52,6 +55,10 @@ class Settings(BaseSettings):
     )
 
     database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
+    # A streaming replica of DATABASE_URL (PostgreSQL only) for plain query reads; writes, locks,
+    # live subscriptions and anything that must see a just-committed row stay on DATABASE_URL.
+    # Unset: reads go to DATABASE_URL.
+    database_read_url: str | None = Field(None, validation_alias="DATABASE_READ_URL")
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
     host: str = Field("127.0.0.1", validation_alias="KASPARRO_HOST")
     port: int = Field(8000, validation_alias="KASPARRO_PORT")
@@ -260,6 +267,32 @@ class Settings(BaseSettings):
             )
         return url.set(drivername=driver).render_as_string(hide_password=False)
 
+    @field_validator("database_read_url")
+    @classmethod
+    def _database_read_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("DATABASE_READ_URL=*** is not a database URL") from None
+        if _DRIVER_FOR_SCHEME.get(url.drivername) != "postgresql+asyncpg":
+            shown = url.render_as_string(hide_password=True)
+            raise ValueError(
+                f"DATABASE_READ_URL={shown!r} has unsupported scheme {url.drivername!r}; "
+                "a read replica is a PostgreSQL server: use postgresql+asyncpg://"
+            )
+        return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+    @model_validator(mode="after")
+    def _read_url_needs_postgres(self) -> Self:
+        if self.database_read_url is not None and self.is_sqlite:
+            raise ValueError(
+                "DATABASE_READ_URL=*** needs DATABASE_URL on PostgreSQL (a replica of it); "
+                "SQLite has no read replicas"
+            )
+        return self
+
     @field_validator("coingecko_api_key", "coinpaprika_api_key", mode="before")
     @classmethod
     def _empty_key_is_unset(cls, value: object) -> object:
@@ -293,11 +326,12 @@ class Settings(BaseSettings):
     @classmethod
     def _sources_known(cls, value: list[str]) -> list[str]:
         names = [name.lower() for name in value]
-        unknown = [name for name in names if name not in KNOWN_SOURCES]
+        known = known_sources()
+        unknown = [name for name in names if name not in known]
         if unknown:
             raise ValueError(
                 f"KASPARRO_SOURCES={','.join(value)!r} names unknown source(s) "
-                f"{', '.join(unknown)}; known: {', '.join(KNOWN_SOURCES)}"
+                f"{', '.join(unknown)}; known: {', '.join(known)}"
             )
         return list(dict.fromkeys(names))
 

@@ -1,4 +1,9 @@
-"""Source names: the fixed sources, and the datasets of a source family (`csv:<dataset>`).
+"""Source names: the built-in and installed sources, and the datasets of a source family
+(`csv:<dataset>`).
+
+The installed sources are the `kasparro.sources` entry points (docs/sources.md): their names are
+read from the distributions' metadata here, without importing any plugin, so settings and the
+schema accept a plugin's name while the core imports nothing of `workers`.
 
 Prices are stored under the source that produced them. An API source is one name
 (`coingecko`); the CSV source reads files of many providers, so each file's rows are stored under
@@ -13,6 +18,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
 
 from sqlalchemy import ColumnElement, or_
 
@@ -84,3 +92,98 @@ def stored_under(column: ColumnElement[str], names: Collection[str]) -> ColumnEl
     conditions: list[ColumnElement[bool]] = [column.in_(chosen)]
     conditions += [column.startswith(family + SEPARATOR) for family in families_in(chosen)]
     return or_(*conditions)
+
+
+# ---- installed sources: the `kasparro.sources` entry points, read as metadata only ----
+
+ENTRY_POINT_GROUP = "kasparro.sources"
+# The distribution whose entry points are the built-in sources.
+OWN_DISTRIBUTION = "kasparro"
+# The built-in sources prices are stored under (the defaults of KASPARRO_SOURCES). The
+# built-in `coingecko-history` is a way to run `coingecko`, stored under it.
+BUILTIN_SOURCES = ("coingecko", "coinpaprika", "csv")
+BUILTIN_NAMES = (*BUILTIN_SOURCES, "coingecko-history")
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEntryPoint:
+    """One entry point of the `kasparro.sources` group, as its distribution's metadata says
+    (nothing of it is imported): `name = module:attribute` of `distribution` `version`."""
+
+    name: str
+    value: str
+    distribution: str
+    version: str
+
+    @property
+    def builtin(self) -> bool:
+        return _normalized(self.distribution) == OWN_DISTRIBUTION
+
+    def describe(self) -> str:
+        """`example = kasparro_source_example:plugin` of kasparro-source-example 0.1.0."""
+        return f"entry point {self.name!r} ({self.value}) of {self.distribution} {self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEntryPoints:
+    """The group's entry points: the usable ones by name, and why any other is left out."""
+
+    usable: dict[str, SourceEntryPoint]
+    problems: tuple[str, ...]
+
+    @property
+    def plugin_names(self) -> tuple[str, ...]:
+        """Names of usable sources of other distributions, sorted."""
+        return tuple(sorted(name for name, ep in self.usable.items() if not ep.builtin))
+
+
+def _normalized(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+@cache
+def source_entry_points() -> SourceEntryPoints:
+    """The installed sources' entry points (cached for the process; `.cache_clear()`).
+
+    A plugin's name must be a lowercase slug no built-in has and no other plugin has; one that
+    is not is left out with a problem naming its distribution and entry point. The built-ins
+    always stand, whatever else is installed."""
+    usable: dict[str, SourceEntryPoint] = {}
+    problems: list[str] = []
+    found = [
+        SourceEntryPoint(
+            name=ep.name,
+            value=ep.value,
+            distribution=ep.dist.name if ep.dist is not None else "an unknown distribution",
+            version=ep.dist.version if ep.dist is not None else "?",
+        )
+        for ep in entry_points(group=ENTRY_POINT_GROUP)
+    ]
+    for ep in sorted(found, key=lambda ep: not ep.builtin):
+        if ep.builtin:
+            usable[ep.name] = ep
+            continue
+        if ep.name in BUILTIN_NAMES or (ep.name in usable and usable[ep.name].builtin):
+            problems.append(
+                f"source plugin {ep.describe()} is left out: {ep.name!r} is a built-in source"
+            )
+        elif ep.name in usable:
+            problems.append(
+                f"source plugin {ep.describe()} is left out: {ep.name!r} is already installed "
+                f"by {usable[ep.name].describe()}"
+            )
+        elif not NAME_PATTERN.fullmatch(ep.name) or len(ep.name) > MAX_SOURCE_LENGTH:
+            problems.append(
+                f"source plugin {ep.describe()} is left out: a source name is a lowercase slug "
+                f"(a-z, 0-9, '-', '_') of at most {MAX_SOURCE_LENGTH} characters"
+            )
+        else:
+            usable[ep.name] = ep
+    return SourceEntryPoints(usable, tuple(problems))
+
+
+def known_sources() -> tuple[str, ...]:
+    """The sources a deployment may enable or filter by: the built-ins, then the installed
+    plugins' (from metadata, without importing them)."""
+    return (*BUILTIN_SOURCES, *source_entry_points().plugin_names)

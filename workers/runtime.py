@@ -102,6 +102,27 @@ async def _advisory_unlock(conn: AsyncConnection, source: str) -> None:
             await conn.invalidate()  # never back to the pool
 
 
+def source_limiters(settings: Settings, *, redis: Any = None) -> dict[str, RateLimiter]:
+    """One limiter per bucket the installed sources' rate limits name (`SourcePlugin.rate_limit`;
+    sources calling one upstream share a bucket), the first declaring a bucket setting it."""
+    from workers.sources.plugin import usable_plugins
+
+    limiters: dict[str, RateLimiter] = {}
+    for plugin in usable_plugins():
+        limit = plugin.rate_limit
+        if limit is None or plugin.limiter_bucket in limiters:
+            continue
+        bucket = plugin.limiter_bucket
+        try:
+            per_minute = limit.calls_per_minute(settings)
+        except Exception as exc:
+            # That source's runs fail for want of its limiter; every other source runs.
+            _log.error("source rate limit unusable", source=plugin.name, error=str(exc))
+            continue
+        limiters[bucket] = make_rate_limiter(bucket, per_minute, limit.burst, redis=redis)
+    return limiters
+
+
 @contextlib.asynccontextmanager
 async def open_runtime(
     settings: Settings,
@@ -135,14 +156,7 @@ async def open_runtime(
 
             redis = Redis.from_url(settings.redis_url)
             stack.push_async_callback(redis.aclose)
-        limiters = {
-            "coingecko": make_rate_limiter(
-                "coingecko", settings.coingecko_calls_per_minute, redis=redis
-            ),
-            "coinpaprika": make_rate_limiter(
-                "coinpaprika", settings.coinpaprika_calls_per_minute, redis=redis
-            ),
-        }
+        limiters = source_limiters(settings, redis=redis)
         notifier = build_notifier(settings, engine, metrics=metrics)
         if notifier is not None:
             stack.push_async_callback(notifier.aclose)

@@ -45,8 +45,7 @@ from schema.pagination import (
 )
 from schema.prices.types import PriceOrder
 from server.errors import UnknownSource, UserError
-from server.settings import KNOWN_SOURCES
-from server.source_names import families_in, is_dataset_source, selects
+from server.source_names import families_in, is_dataset_source, known_sources, selects
 from server.sqltypes import ExactDecimal
 from server.tables import assets, prices
 
@@ -89,11 +88,12 @@ def validate_sources(sources: Sequence[str] | None) -> list[str] | None:
     if sources is None:
         return None
     names = [source.lower() for source in sources]
-    unknown = [name for name in names if name not in KNOWN_SOURCES and not is_dataset_source(name)]
+    known = known_sources()
+    unknown = [name for name in names if name not in known and not is_dataset_source(name)]
     if unknown:
         raise UnknownSource(
             f"unknown source(s) {', '.join(map(repr, unknown))}; known: "
-            f"{', '.join(KNOWN_SOURCES)} and CSV datasets as csv:<dataset> (e.g. csv:yahoo)"
+            f"{', '.join(known)} and CSV datasets as csv:<dataset> (e.g. csv:yahoo)"
         )
     return names
 

@@ -63,7 +63,10 @@ class PriceFilterSet:
 async def replay_rows(
     engine: AsyncEngine, after_id: int, where: PriceFilterSet
 ) -> AsyncIterator[list[PriceRow]]:
-    """Every stored price with id > `after_id` matching `where`, in id order, a page at a time."""
+    """Every stored price with id > `after_id` matching `where`, in id order, a page at a time.
+
+    On `engine` itself, the primary (`engine.connect()`, never `server.db.read_engine`): a read
+    replica may not have replayed the newest commits yet, and a resume must miss none."""
     last = after_id
     while True:
         query = (
@@ -168,6 +171,8 @@ def _live(info: Info[Context, None]) -> Any:
     hub = info.context.live
     if hub is None:
         raise ServiceUnavailable("live subscriptions are not running in this process")
+    # The prices come from the primary (the hub): their fields are read there too.
+    info.context.read_primary()
     return hub
 
 

@@ -33,6 +33,7 @@ from schema.quality.types import (
     QuarantineEdge,
 )
 from schema.runs.query import run_id as parse_run_id
+from server.db import read_engine
 from server.errors import UserError
 from server.source_names import stored_under
 from server.tables import anomalies, drift_events, quarantine
@@ -131,7 +132,7 @@ async def _page(
     dialect = info.context.engine.dialect.name
     keyset = order.keyset(dialect)
     query = filters.apply(order.query(dialect), order.table)
-    async with info.context.engine.connect() as conn:
+    async with read_engine(info.context.engine).connect() as conn:
         result = await fetch_page(conn, query, keyset, page, sort_key)
     count_query = filters.apply(select(func.count()).select_from(order.table), order.table)
     rows = [(keyset.cursor(sort_key(row)), row) for row in result.rows]

@@ -17,6 +17,7 @@ from sqlalchemy import case, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from strawberry.dataloader import DataLoader
 
+from server.db import read_engine
 from server.source_names import family_of, stored_under
 from server.tables import assets, checkpoints, etl_runs, prices, quarantine
 
@@ -46,7 +47,7 @@ class SourceLoaders:
 
 def source_loaders(engine: AsyncEngine) -> SourceLoaders:
     async def runs(names: Sequence[str]) -> list[SourceRuns]:
-        async with engine.connect() as conn:
+        async with read_engine(engine).connect() as conn:
             found = await source_runs(conn, names)
         return [found.get(name, SourceRuns()) for name in names]
 
@@ -62,7 +63,7 @@ def source_loaders(engine: AsyncEngine) -> SourceLoaders:
             .where(stored_under(checkpoints.c.source, names))
             .order_by(checkpoints.c.source, checkpoints.c.stream)
         )
-        async with engine.connect() as conn:
+        async with read_engine(engine).connect() as conn:
             rows = (await conn.execute(query)).all()
         by_source: dict[str, list[Any]] = defaultdict(list)
         for row in rows:
@@ -85,7 +86,7 @@ async def _counts(engine: AsyncEngine, table: Any, names: Sequence[str]) -> list
         .group_by(table.c.source)
     )
     counts: dict[str, int] = defaultdict(int)
-    async with engine.connect() as conn:
+    async with read_engine(engine).connect() as conn:
         for source, count in (await conn.execute(query)).all():
             for name in _selected_by(source, names):
                 counts[name] += int(count)

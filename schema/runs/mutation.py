@@ -51,6 +51,9 @@ class RunsMutation:
         source_name: Annotated[str, strawberry.argument(name="source")],
     ) -> EtlRun:
         context = info.context
+        # Read-your-writes: the run is read back on the primary, and so is anything the
+        # selection loads about it (never a read replica that may not have it yet).
+        context.read_primary()
         name = enabled_source(context.settings, source_name)
         async with context.engine.begin() as conn:
             run_id = await queue_run(conn, source=name, trigger=TRIGGER)

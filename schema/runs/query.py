@@ -24,8 +24,9 @@ from schema.runs.types import (
     SourceStats,
     Stats,
 )
+from server.db import read_engine
 from server.errors import UserError
-from server.settings import KNOWN_SOURCES
+from server.source_names import known_sources
 from server.tables import etl_runs
 
 RUNS_KEYSET = Keyset("runs:id-", (etl_runs.c.id,), True, (parse_int,))
@@ -66,7 +67,7 @@ class RunsQuery:
             max_size=context.settings.max_page_size,
         )
         query = runs_filtered(select(etl_runs), source, status)
-        async with context.engine.connect() as conn:
+        async with read_engine(context.engine).connect() as conn:
             result = await fetch_page(conn, query, RUNS_KEYSET, page, lambda row: (row.id,))
         edges = [
             Edge(cursor=RUNS_KEYSET.cursor((row.id,)), node=EtlRun.from_row(row))
@@ -80,7 +81,7 @@ class RunsQuery:
         self, info: Info[Context, None], a: strawberry.ID, b: strawberry.ID
     ) -> RunComparison:
         ids = {"a": run_id(a, argument="a"), "b": run_id(b, argument="b")}
-        async with info.context.engine.connect() as conn:
+        async with read_engine(info.context.engine).connect() as conn:
             result = await conn.execute(select(etl_runs).where(etl_runs.c.id.in_(ids.values())))
             rows = {row.id: row for row in result.all()}
         for argument, wanted in ids.items():
@@ -94,14 +95,14 @@ class RunsQuery:
         loaders = source_loaders(info.context.engine)
         enabled = set(info.context.settings.sources)
         return [
-            Source(name=name, enabled=name in enabled, loaders=loaders) for name in KNOWN_SOURCES
+            Source(name=name, enabled=name in enabled, loaders=loaders) for name in known_sources()
         ]
 
     @strawberry.field(description="Records processed, runs by status, durations per source.")
     async def stats(self, info: Info[Context, None]) -> Stats:
-        async with info.context.engine.connect() as conn:
+        async with read_engine(info.context.engine).connect() as conn:
             found = await totals(conn)
-        per_source = [_source_stats(name, found.sources.get(name)) for name in KNOWN_SOURCES]
+        per_source = [_source_stats(name, found.sources.get(name)) for name in known_sources()]
         by_status = dict.fromkeys(RunStatus, 0)
         for entry in found.sources.values():
             for status, count in entry.by_status.items():

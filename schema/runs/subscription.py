@@ -70,6 +70,7 @@ class RunsSubscription:
             hub = info.context.live
             if hub is None:
                 raise ServiceUnavailable("live subscriptions are not running in this process")
+            info.context.read_primary()  # runs fresher than a lagging replica
         except UserError as exc:
             raise graphql_error(exc) from None
         async for run in values(hub, stream):

@@ -14,9 +14,9 @@ from schema.context import Context
 from schema.disclosure import is_operator, public_run_error
 from schema.runs.aggregates import newest_runs
 from schema.runs.types import EtlRun, RunStatus
-from schema.system.types import ComponentStatus, Health, HealthStatus
+from schema.system.types import ComponentStatus, Health, HealthStatus, ReplicaHealth
 from server import __version__
-from server.db import ping
+from server.db import ping, replica_of, replica_status
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,13 @@ class SystemQuery:
             for name, up in (("database", database), ("broker", broker))
             if not up
         ]
+        replica: ReplicaHealth | None = None
+        replica_engine = replica_of(context.engine)
+        if replica_engine is not None:
+            reachable, lag = await replica_status(replica_engine)
+            replica = ReplicaHealth(database=ComponentStatus.of(reachable), lag_seconds=lag)
+            if not reachable:
+                reasons.append("the read replica is down")
         runs = await _newest_runs(context) if database else []
         if runs is None:
             reasons.append("the runs could not be read")
@@ -61,6 +68,7 @@ class SystemQuery:
             last_runs=runs or [],
             status=HealthStatus.DEGRADED if reasons else HealthStatus.OK,
             reasons=reasons,
+            replica=replica,
         )
 
 

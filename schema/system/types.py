@@ -25,6 +25,15 @@ class HealthStatus(Enum):
     DEGRADED = "degraded"
 
 
+@strawberry.type(description="The read replica (DATABASE_READ_URL) that serves plain queries.")
+class ReplicaHealth:
+    database: ComponentStatus
+    lag_seconds: float | None = strawberry.field(
+        description="Seconds since the transaction it replayed last committed on the primary "
+        "(grows while the primary is idle); null when it cannot be told."
+    )
+
+
 @strawberry.type(description="Liveness of the service's dependencies and of its ingestion.")
 class Health:
     database: ComponentStatus
@@ -41,3 +50,8 @@ class Health:
         "failed."
     )
     reasons: list[str] = strawberry.field(description="Why the status is DEGRADED; empty if OK.")
+    replica: ReplicaHealth | None = strawberry.field(
+        default=None,
+        description="The read replica, probed now; null when queries read the primary "
+        "(no DATABASE_READ_URL). `database` is the primary.",
+    )

@@ -3,9 +3,12 @@ hub's feeds (EventExecutor) and Strawberry's own subscriptions (SchemaExecutionC
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import warnings
 from collections.abc import AsyncGenerator
 
+import pytest
 import strawberry
 from graphql import build_schema as build_sdl
 from graphql import parse
@@ -97,3 +100,59 @@ async def test_a_strawberry_subscription_keeps_nothing_per_event_while_it_runs()
 
 def test_the_services_schema_uses_it() -> None:
     assert build_schema().execution_context_class is SchemaExecutionContext
+
+
+# A non-null field that fails cancels its siblings' pending tasks (graphql-core's
+# gather_with_cancel); a task cancelled before its first step never awaits the coroutines it
+# holds. Whether one is caught so depends on how many steps each resolver takes: every
+# combination of up to three is tried, failing field first and last.
+STEPS = range(4)
+
+
+@strawberry.type
+class Entry:
+    number: int
+
+    @strawberry.field
+    async def double(self) -> int:
+        return self.number * 2
+
+
+def abandoning_schema(entry_steps: int, failure_steps: int) -> strawberry.Schema:
+    @strawberry.type
+    class Query:
+        @strawberry.field
+        async def entries(self) -> list[Entry]:
+            for _ in range(entry_steps):
+                await asyncio.sleep(0)
+            return [Entry(number=number) for number in range(3)]
+
+        @strawberry.field
+        async def fails(self) -> int:
+            for _ in range(failure_steps):
+                await asyncio.sleep(0)
+            raise ValueError("this field fails")
+
+    return strawberry.Schema(query=Query, execution_context_class=SchemaExecutionContext)
+
+
+@pytest.mark.parametrize(
+    "document", ["{ fails entries { double } }", "{ entries { double } fails }"]
+)
+def test_a_failing_field_leaves_no_coroutine_of_its_siblings_unawaited(document: str) -> None:
+    unawaited = []
+    for entry_steps in STEPS:
+        for failure_steps in STEPS:
+            schema = abandoning_schema(entry_steps, failure_steps)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = asyncio.run(schema.execute(document))
+                gc.collect()
+            assert result.data is None
+            assert [error.message for error in result.errors or []] == ["this field fails"]
+            unawaited += [
+                f"{entry_steps}/{failure_steps}: {warning.message}"
+                for warning in caught
+                if "never awaited" in str(warning.message)
+            ]
+    assert unawaited == []

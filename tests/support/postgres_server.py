@@ -15,7 +15,7 @@ import os
 import pwd
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -83,7 +83,7 @@ class PostgresServer:
             raise RuntimeError(f"{' '.join(args)} failed: {text}\n{self._log_tail()}")
 
     async def init(self) -> None:
-        """Create the cluster (trust auth, superuser `postgres`)."""
+        """Create the cluster (trust auth, superuser `postgres`, replication from 127.0.0.1)."""
         await self._run(
             str(self._bin / "initdb"),
             "-D", str(self.data),
@@ -91,6 +91,22 @@ class PostgresServer:
             "-A", "trust",
             "-E", "UTF8",
             "--no-locale",
+            "--no-sync",
+        )  # fmt: skip
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.write("host replication all 127.0.0.1/32 trust\n")
+
+    async def clone(self, primary: PostgresServer) -> None:
+        """Make this cluster a streaming standby of `primary` (a base backup that writes the
+        standby's connection settings: `-R`)."""
+        await self._run(
+            str(self._bin / "pg_basebackup"),
+            "-D", str(self.data),
+            "-h", "127.0.0.1",
+            "-p", str(primary.port),
+            "-U", "postgres",
+            "-R",
+            "-X", "stream",
             "--no-sync",
         )  # fmt: skip
 
@@ -104,6 +120,10 @@ class PostgresServer:
                 "-c fsync=off",
                 "-c synchronous_commit=off",
                 "-c full_page_writes=off",
+                # A streaming replica can be made of it (`private_postgres_replica`).
+                "-c wal_level=replica",
+                "-c max_wal_senders=5",
+                "-c hot_standby=on",
             ]
         )
         await self._run(
@@ -134,16 +154,43 @@ class PostgresServer:
         return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else "(no log)"
 
 
+def _private_directory() -> Path:
+    directory = Path(tempfile.mkdtemp(prefix="kasparro-pg-"))
+    if os.geteuid() == 0:
+        user = pwd.getpwnam(OS_USER)
+        os.chown(directory, user.pw_uid, user.pw_gid)
+    return directory
+
+
 @contextlib.asynccontextmanager
 async def private_postgres_server() -> AsyncIterator[PostgresServer]:
     """A running private cluster, always stopped and its directory removed afterwards."""
-    directory = Path(tempfile.mkdtemp(prefix="kasparro-pg-"))
+    async with _running(PostgresServer.init) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def private_postgres_replica(primary: PostgresServer) -> AsyncIterator[PostgresServer]:
+    """A running streaming replica (hot standby) of `primary` on a port of its own, always
+    stopped and its directory removed afterwards."""
+
+    async def clone(server: PostgresServer) -> None:
+        await server.clone(primary)
+
+    async with _running(clone) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    create: Callable[[PostgresServer], Awaitable[None]],
+) -> AsyncIterator[PostgresServer]:
+    """A cluster made by `create` in a private directory on a free port, started; stopped
+    (fast, else immediately) and its directory removed afterwards."""
+    directory = _private_directory()
     try:
-        if os.geteuid() == 0:
-            user = pwd.getpwnam(OS_USER)
-            os.chown(directory, user.pw_uid, user.pw_gid)
         server = PostgresServer(directory, free_port())
-        await server.init()
+        await create(server)
         try:
             await server.start()
             yield server
