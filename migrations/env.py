@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from server.db import create_engine
+from server.partitions import include_name
 from server.settings import Settings
 from server.tables import metadata
 
@@ -19,6 +20,7 @@ def _configure(connection: Connection) -> None:
         connection=connection,
         target_metadata=metadata,
         compare_type=True,
+        include_name=include_name,
         # SQLite cannot ALTER most things: batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
     )
@@ -47,6 +49,7 @@ def run_migrations_offline() -> None:
         target_metadata=metadata,
         literal_binds=True,
         compare_type=True,
+        include_name=include_name,
         render_as_batch=settings.is_sqlite,
     )
     with context.begin_transaction():

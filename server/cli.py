@@ -114,6 +114,20 @@ def migrate(
     typer.echo(f"database at revision {revision}")
 
 
+@cli.command()
+def retention(
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show what would go (partitions, rows); change nothing"),
+    ] = False,
+) -> None:
+    """Remove prices and raw records older than their policy (KASPARRO_RETENTION_PRICES,
+    KASPARRO_RETENTION_RAW_RECORDS): whole partitions on PostgreSQL, batched DELETE on SQLite."""
+    settings = load_settings()
+    for line in asyncio.run(_retention(settings, dry_run=dry_run)):
+        typer.echo(line)
+
+
 EXIT_FOR_STATUS = {"succeeded": 0, "failed": 1, "partial": 3, "skipped": 4}
 
 
@@ -367,14 +381,37 @@ def print_schema() -> None:
 
 
 async def _migrate(settings: Settings, revision: str = "head") -> None:
-    from server.db import create_engine
+    from server.db import create_maintenance_engine
     from server.migrate import upgrade
+    from server.partitions import ensure_partitions
+    from server.retention import policies
 
-    engine = create_engine(settings)
+    engine = create_maintenance_engine(settings)
     try:
         await upgrade(engine, settings, revision)
+        # The time partitions ahead of now (PostgreSQL; the worker keeps making them).
+        await ensure_partitions(
+            engine,
+            interval=settings.partition_interval,
+            ahead=settings.partitions_ahead,
+            manager=settings.partition_manager,
+            keep=policies(settings),
+        )
     finally:
         await engine.dispose()
+
+
+async def _retention(settings: Settings, *, dry_run: bool) -> list[str]:
+    from server.db import create_maintenance_engine
+    from server.retention import apply, describe, plan
+
+    engine = create_maintenance_engine(settings)
+    try:
+        await _usable(engine, settings)
+        expiries = await (plan if dry_run else apply)(engine, settings)
+    finally:
+        await engine.dispose()
+    return describe(expiries, settings, dry_run=dry_run)
 
 
 async def _require_asset(engine: Any, slug: str) -> None:

@@ -56,6 +56,19 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
     return engine
 
 
+def create_maintenance_engine(settings: Settings) -> AsyncEngine:
+    """The engine of migrations and retention: one connection, and no limit on how long a
+    statement runs (converting or back-filling a table of many millions of rows takes minutes,
+    and a client-side timeout would end the migration half-way; its transaction rolls back)."""
+    if settings.is_sqlite:
+        return create_engine(settings)
+    return create_engine(
+        settings,
+        pool_size=1,
+        connect_args={"timeout": settings.db_connect_timeout, "command_timeout": None},
+    )
+
+
 def _refuse_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """A pooled connection asyncpg knows to be closed is replaced, not handed out (no I/O)."""
     driver = getattr(dbapi_connection, "driver_connection", None)

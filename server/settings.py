@@ -6,14 +6,23 @@ Settings are built once by the entry point (`Settings.load()`) and passed into t
 
 from __future__ import annotations
 
+from datetime import timedelta
 from ipaddress import ip_network
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from server.durations import parse_duration
 from server.source_names import BUILTIN_SOURCES, known_sources
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./kasparro.db"
@@ -93,6 +102,16 @@ class Settings(BaseSettings):
     kraken_ws_url: str = Field("wss://ws.kraken.com/v2", validation_alias="KRAKEN_WS_URL")
     kraken_pairs: CommaList = Field(
         ["BTC/USD", "ETH/USD"], validation_alias="KASPARRO_KRAKEN_PAIRS"
+    )
+    # Streams (workers/streams/): a micro-batch commits KASPARRO_STREAM_FLUSH_MS milliseconds
+    # after its first trade arrived, or at KASPARRO_STREAM_BATCH messages, whichever comes
+    # first (50 ms: a trade reaches subscribers in well under a second, at twenty commits a
+    # second per exchange at most); observations are stored one per pair and
+    # KASPARRO_STREAM_RESOLUTION seconds (the bucket's last trade).
+    stream_flush_ms: int = Field(50, ge=1, validation_alias="KASPARRO_STREAM_FLUSH_MS")
+    stream_batch: int = Field(500, ge=1, validation_alias="KASPARRO_STREAM_BATCH")
+    stream_resolution: float = Field(
+        1.0, ge=0.001, le=86_400, validation_alias="KASPARRO_STREAM_RESOLUTION"
     )
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
@@ -248,6 +267,22 @@ class Settings(BaseSettings):
     # Asset.spread compares the sources' newest prices observed within this many seconds of
     # the newest of them; an older one is stale, left out.
     spread_window: int = Field(3600, ge=1, validation_alias="KASPARRO_SPREAD_WINDOW")
+    # Time partitions of prices and raw_records (PostgreSQL): their width, how many are made
+    # ahead of now, and who makes them (`auto`: pg_partman when the extension is created in the
+    # database, else the worker; `pg_partman`: create the extension and use it; `worker`).
+    partition_interval: Literal["day", "week", "month"] = Field(
+        "month", validation_alias="KASPARRO_PARTITION_INTERVAL"
+    )
+    partitions_ahead: int = Field(3, ge=1, le=366, validation_alias="KASPARRO_PARTITIONS_AHEAD")
+    partition_manager: Literal["auto", "pg_partman", "worker"] = Field(
+        "auto", validation_alias="KASPARRO_PARTITION_MANAGER"
+    )
+    # Retention: how long second-level prices and raw records are kept (`7d`, `12h`, `4w`).
+    # Unset: for ever. Candle roll-ups are never removed by retention.
+    retention_prices: timedelta | None = Field(None, validation_alias="KASPARRO_RETENTION_PRICES")
+    retention_raw_records: timedelta | None = Field(
+        None, validation_alias="KASPARRO_RETENTION_RAW_RECORDS"
+    )
 
     # ---- validation: each error names the variable and the value ----
 
@@ -408,6 +443,20 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("retention_prices", "retention_raw_records", mode="before")
+    @classmethod
+    def _retention(cls, value: object, info: ValidationInfo) -> object:
+        if value is None or isinstance(value, timedelta):
+            return value
+        text = str(value).strip()
+        if not text:
+            return None
+        name = "KASPARRO_" + str(info.field_name).upper()
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise ValueError(f"{name}={text!r}: {exc}") from None
 
     @field_validator("alert_webhook_url")
     @classmethod

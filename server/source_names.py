@@ -102,7 +102,10 @@ OWN_DISTRIBUTION = "kasparro"
 # The built-in sources prices are stored under (the defaults of KASPARRO_SOURCES). The
 # built-in `coingecko-history` is a way to run `coingecko`, stored under it.
 BUILTIN_SOURCES = ("coingecko", "coinpaprika", "csv")
-BUILTIN_NAMES = (*BUILTIN_SOURCES, "coingecko-history")
+# The built-in exchange sources: streams (WebSocket, with REST catch-up), enabled by naming them
+# in KASPARRO_SOURCES.
+EXCHANGE_SOURCES = ("binance", "coinbase", "kraken")
+BUILTIN_NAMES = (*BUILTIN_SOURCES, "coingecko-history", *EXCHANGE_SOURCES)
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
@@ -186,4 +189,4 @@ def source_entry_points() -> SourceEntryPoints:
 def known_sources() -> tuple[str, ...]:
     """The sources a deployment may enable or filter by: the built-ins, then the installed
     plugins' (from metadata, without importing them)."""
-    return (*BUILTIN_SOURCES, *source_entry_points().plugin_names)
+    return (*BUILTIN_SOURCES, *EXCHANGE_SOURCES, *source_entry_points().plugin_names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     DDL,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -24,6 +26,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.ext.compiler import compiles
 
 from server.source_names import MAX_SOURCE_LENGTH
 from server.sqltypes import ExactDecimal, JSONDocument, UTCDateTime
@@ -41,6 +44,19 @@ metadata = MetaData(
 
 # BIGINT on PostgreSQL; INTEGER on SQLite, where only INTEGER PRIMARY KEY auto-increments.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+@compiles(PrimaryKeyConstraint, "postgresql")
+def _partitioned_primary_key(constraint: PrimaryKeyConstraint, compiler: Any, **kw: Any) -> str:
+    """A partitioned table's key must include its partition column: on PostgreSQL the key is
+    the table's `info["postgresql_primary_key"]` (id and time). Everywhere else, and for
+    SQLAlchemy, the key is the id alone: unique by its sequence, and on SQLite (no partitions)
+    only a whole INTEGER PRIMARY KEY auto-increments."""
+    columns = constraint.table.info.get("postgresql_primary_key")
+    if columns is None:
+        return str(compiler.visit_primary_key_constraint(constraint, **kw))
+    name = compiler.preparer.format_constraint(constraint)
+    return f"CONSTRAINT {name} PRIMARY KEY ({', '.join(columns)})"
 
 
 # queued: accepted by triggerIngestion, waiting for a worker.
@@ -136,6 +152,10 @@ etl_runs = Table(
     Index(None, "status", "lease_expires_at"),
 )
 
+# prices and raw_records are partitioned by time on PostgreSQL (server/partitions.py): their
+# keys include the partition column there, and nothing holds a foreign key to them (a
+# partition dropped by retention must take only its own rows). On SQLite, one table each,
+# keyed by id alone (`_partitioned_primary_key`).
 raw_records = Table(
     "raw_records",
     metadata,
@@ -148,6 +168,8 @@ raw_records = Table(
     _stamped("fetched_at"),
     Index(None, "source", "content_hash"),
     Index(None, "run_id"),
+    postgresql_partition_by="RANGE (fetched_at)",
+    info={"postgresql_primary_key": ("id", "fetched_at")},
 )
 
 prices = Table(
@@ -164,9 +186,13 @@ prices = Table(
     Column("high_usd", ExactDecimal()),
     Column("low_usd", ExactDecimal()),
     Column("extra", JSONDocument),
-    # Provenance: the run and raw item that last wrote the row, and where it came from.
+    # The currency an exchange pair quoted it in (USD, USDT, ...); null for USD-only sources.
+    Column("quote", String(16)),
+    # Provenance: the run and raw item that last wrote the row, and where it came from. The raw
+    # record is written in the same transaction, so the reference holds when written; it is not
+    # a foreign key (raw_records is partitioned), and dangles once retention drops the record.
     _run_fk(),
-    Column("raw_record_id", BigId, ForeignKey("raw_records.id", ondelete="SET NULL")),
+    Column("raw_record_id", BigId),
     Column("origin", String(500)),
     _stamped("ingested_at"),
     Column("updated_at", UTCDateTime()),
@@ -179,6 +205,8 @@ prices = Table(
     Index(None, "source", "observed_at", "id"),
     Index(None, "asset_id", "id"),
     Index(None, "source", "id"),
+    postgresql_partition_by="RANGE (observed_at)",
+    info={"postgresql_primary_key": ("id", "observed_at")},
 )
 
 # Which sources cover which assets varies (a CSV file for a few coins, an exchange for its pairs):
@@ -214,7 +242,7 @@ quarantine = Table(
     Column("id", BigId, primary_key=True),
     _run_fk(),
     Column("source", String(MAX_SOURCE_LENGTH), nullable=False),
-    Column("raw_record_id", BigId, ForeignKey("raw_records.id", ondelete="SET NULL")),
+    Column("raw_record_id", BigId),  # as prices.raw_record_id: a reference, not a foreign key
     Column("origin", String(500), nullable=False),
     Column("reason", Text, nullable=False),
     Column("payload", JSONDocument, nullable=False),
@@ -249,7 +277,7 @@ anomalies = Table(
     _run_fk(),
     Column("source", String(MAX_SOURCE_LENGTH), nullable=False),
     Column("asset_id", Integer, ForeignKey("assets.id", ondelete="CASCADE")),
-    Column("price_id", BigId, ForeignKey("prices.id", ondelete="CASCADE")),
+    Column("price_id", BigId),  # prices is partitioned: a reference, not a foreign key
     Column("observed_at", UTCDateTime()),
     Column("value", ExactDecimal()),
     Column("expected", ExactDecimal()),
@@ -272,6 +300,42 @@ alert_state = Table(
     UniqueConstraint("condition", "channel"),
 )
 
+
+def _candle_rollup(name: str) -> Table:
+    """Candles of one resolution per (asset, bucket, source), kept by triggers on `prices` in
+    the writing transaction (migrations/candle_rollups.py). Each of open, close, high, low and
+    volume is kept with the time and id of the observation it came from, so buckets and sources
+    merge exactly as the raw aggregate orders them (schema/prices/rollups.py)."""
+
+    def picked(field: str, *, nullable: bool = False) -> list[Column[Any]]:
+        return [
+            Column(f"{field}_usd", ExactDecimal(), nullable=nullable),
+            Column(f"{field}_at", UTCDateTime(), nullable=nullable),
+            Column(f"{field}_id", BigId, nullable=nullable),
+        ]
+
+    return Table(
+        name,
+        metadata,
+        Column("asset_id", Integer, ForeignKey("assets.id", ondelete="CASCADE"), primary_key=True),
+        # The bucket's start in seconds since the Unix epoch (UTC), as candles aligns them.
+        Column("bucket", BigInteger, primary_key=True, autoincrement=False),
+        Column("source", String(MAX_SOURCE_LENGTH), primary_key=True),
+        *picked("open"),
+        *picked("close"),
+        *picked("high"),
+        *picked("low"),
+        *picked("volume", nullable=True),  # the latest observation that reports volume
+        Column("observations", Integer, nullable=False),
+    )
+
+
+# Roll-ups kept for ever (retention drops raw prices, not these): a year of daily candles reads
+# a few hundred rows.
+candles_minute = _candle_rollup("candles_minute")
+candles_hour = _candle_rollup("candles_hour")
+candles_day = _candle_rollup("candles_day")
+
 __all__ = [
     "PRICES_PAIR_STATISTICS",
     "RUN_STATUSES",
@@ -279,6 +343,9 @@ __all__ = [
     "anomalies",
     "asset_aliases",
     "assets",
+    "candles_day",
+    "candles_hour",
+    "candles_minute",
     "checkpoints",
     "drift_events",
     "etl_runs",

@@ -30,6 +30,8 @@ FIXED_BY_COMPOSE = {
     "KASPARRO_HOST": "0.0.0.0",
     "KASPARRO_PORT": "8000",
 }
+# Set by Compose in one service only: the `scale` profile's servers read from its replica.
+FIXED_IN_SERVICE: dict[str, dict[str, str | None]] = {"servers": {"DATABASE_READ_URL": None}}
 
 
 def setting_variables() -> dict[str, bool]:
@@ -50,7 +52,7 @@ def settings_services(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for name, service in document["services"].items()
         if isinstance(service.get("command"), list) and service["command"][:1] == ["kasparro"]
     }
-    assert {"migrate", "server", "worker"} <= set(services)
+    assert {"migrate", "server", "worker", "servers", "workers"} <= set(services)
     return services
 
 
@@ -59,13 +61,14 @@ def compose_settings_problems(document: dict[str, Any]) -> list[str]:
     variables = setting_variables()
     for name, service in settings_services(document).items():
         env = environment(service)
+        fixed = {**FIXED_BY_COMPOSE, **FIXED_IN_SERVICE.get(name, {})}
         for variable, secret in variables.items():
             if variable not in env:
                 problems.append(f"services.{name} does not pass {variable}")
                 continue
             value = env[variable]
-            if variable in FIXED_BY_COMPOSE:
-                expected = FIXED_BY_COMPOSE[variable]
+            if variable in fixed:
+                expected = fixed[variable]
                 if expected is not None and value != expected:
                     problems.append(f"services.{name}.{variable}={value!r}, not {expected!r}")
             elif secret and value is not None and not REQUIRED_VARIABLE.fullmatch(value):
@@ -101,6 +104,9 @@ def test_compose_passes_every_setting_to_every_service_that_reads_settings() -> 
         ("server", "KASPARRO_SMTP_PASSWORD", "${KASPARRO_SMTP_PASSWORD:-changeme}"),
         ("worker", "KASPARRO_ALERT_WEBHOOK_URL", "${KASPARRO_ALERT_WEBHOOK_URL-https://x}"),
         ("server", "KASPARRO_HOST", "127.0.0.1"),
+        ("servers", "KASPARRO_REQUIRE_READ_KEY", ...),
+        ("servers", "KASPARRO_TRUSTED_PROXIES", "10.0.0.0/8"),
+        ("workers", "KASPARRO_API_KEYS", "${KASPARRO_API_KEYS:-k1}"),
     ],
 )
 def test_settings_rule_rejects_a_dropped_fixed_or_defaulted_secret_variable(

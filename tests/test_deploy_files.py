@@ -24,6 +24,16 @@ from typing import Any
 import pytest
 import yaml
 
+from server.settings import Settings
+from tests.deploy.haproxy import (
+    BACKEND,
+    DEPLOY_CONFIG,
+    FRONTEND,
+    HaproxyConfig,
+    haproxy_binary,
+    seconds,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -220,6 +230,9 @@ def published_ports(entry: object) -> tuple[int | None, int]:
 
 # Tools of the `observability` profile publish their own UI port, on the loopback address only.
 OBSERVABILITY_PORTS = {"prometheus": 9090, "grafana": 3000}
+# The `scale` profile's balancer listens on 8000 like a server, published on another host port
+# (the single `server` keeps 8000 on the host).
+BALANCER_PORT = 8080
 
 
 def compose_port_problems(document: dict[str, Any]) -> list[str]:
@@ -235,6 +248,8 @@ def compose_port_problems(document: dict[str, Any]) -> list[str]:
             continue
         for entry in [*service.get("ports", []), *service.get("expose", [])]:
             host, container = published_ports(entry)
+            if name == "balancer" and (host, container) == (BALANCER_PORT, PORT):
+                continue
             if container != PORT or host not in (None, PORT):
                 problems.append(f"{name} port {entry!r} is not {PORT}")
         port = environment(service).get("KASPARRO_PORT")
@@ -262,6 +277,9 @@ def test_every_compose_port_is_8000() -> None:
         ("redis", "ports", [{"target": 6379, "published": 6379}]),
         ("grafana", "ports", ["3000:3000"]),
         ("prometheus", "ports", ["0.0.0.0:9090:9090"]),
+        ("balancer", "ports", ["8080:8080"]),
+        ("balancer", "ports", ["8081:8000"]),
+        ("servers", "ports", ["8080:8000"]),
     ],
 )
 def test_port_rule_rejects_another_port(service: str, key: str, value: object) -> None:
@@ -684,3 +702,239 @@ def test_make_up_explains_a_missing_env_file(tmp_path: Path) -> None:
     present = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert present.returncode == 0, present.stderr
     assert "compose up -d --build" in present.stdout
+
+
+# ---- docker-compose.yml: the scale profile -------------------------------------------------------
+
+SCALE_SERVICES = ("balancer", "servers", "workers", "postgres-replica")
+HAPROXY_CFG_MOUNT = "./deploy/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"
+# What only the balanced servers set differently from `server`.
+SCALED_SERVER_VARIABLES = {"DATABASE_READ_URL", "KASPARRO_TRUSTED_PROXIES"}
+
+
+def depends_problems(name: str, service: dict[str, Any], expected: dict[str, str]) -> list[str]:
+    depends = service.get("depends_on") or {}
+    if isinstance(depends, list):
+        depends = {dependency: {"condition": "service_started"} for dependency in depends}
+    return [
+        f"{name} depends on {dependency} with {actual}, not {condition}"
+        for dependency, condition in expected.items()
+        if (actual := (depends.get(dependency) or {}).get("condition")) != condition
+    ]
+
+
+def replicas(service: dict[str, Any]) -> int:
+    return int((service.get("deploy") or {}).get("replicas", 1))
+
+
+def compose_scale_problems(document: dict[str, Any], haproxy: HaproxyConfig) -> list[str]:
+    """`--profile scale`: HAProxy (this repository's configuration) in front of several server
+    replicas that read from a streaming replica of PostgreSQL, and several workers."""
+    services = document["services"]
+    problems = [
+        f"{name} is not a service of the scale profile only"
+        for name in SCALE_SERVICES
+        if name not in services or services[name].get("profiles") != ["scale"]
+    ]
+    if problems:
+        return problems
+    servers, workers = services["servers"], services["workers"]
+    balancer, replica = services["balancer"], services["postgres-replica"]
+    after_migrate = {"migrate": "service_completed_successfully", "redis": "service_healthy"}
+
+    if servers.get("command") != ["kasparro", "serve"]:
+        problems.append(f"servers run {servers.get('command')}")
+    if workers.get("command") != ["kasparro", "worker"]:
+        problems.append(f"workers run {workers.get('command')}")
+    for name, service in (("servers", servers), ("workers", workers)):
+        if replicas(service) < 2:
+            problems.append(f"{name} run {replicas(service)} replica(s), not several")
+    if servers.get("ports"):
+        problems.append("servers publish a port: only the balancer may reach them")
+    env, base = environment(servers), environment(services["server"])
+    if "@postgres-replica:5432/" not in (env.get("DATABASE_READ_URL") or ""):
+        problems.append(f"servers read from {env.get('DATABASE_READ_URL')!r}, not the replica")
+    differing = {key for key in env.keys() | base.keys() if env.get(key) != base.get(key)}
+    if differing - SCALED_SERVER_VARIABLES:
+        problems.append(f"servers differ from server in {sorted(differing)}")
+    problems += depends_problems(
+        "servers", servers, {**after_migrate, "postgres-replica": "service_healthy"}
+    )
+    problems += depends_problems("workers", workers, after_migrate)
+
+    if not str(balancer.get("image", "")).startswith("haproxy:"):
+        problems.append(f"the balancer runs {balancer.get('image')}")
+    if HAPROXY_CFG_MOUNT not in balancer.get("volumes", []):
+        problems.append("the balancer does not run deploy/haproxy/haproxy.cfg")
+    templates = haproxy.section("backend", BACKEND).all("server-template")
+    resolved = [words for words in templates if words[3:4] == [f"servers:{PORT}"]]
+    if not resolved or int(resolved[0][2]) < replicas(servers):
+        problems.append(f"the balancer's backend does not resolve servers:{PORT}: {templates}")
+
+    script = " ".join(replica.get("entrypoint") or [])
+    for needed in (
+        "pg_basebackup",
+        "--host=postgres",
+        "--write-recovery-conf",
+        "--wal-method=stream",
+        "exec docker-entrypoint.sh postgres",
+    ):
+        if needed not in script:
+            problems.append(f"postgres-replica's entrypoint lacks {needed!r}")
+    if replica.get("image") != services["postgres"]["image"]:
+        problems.append("postgres-replica runs another PostgreSQL than the primary")
+    if not any(v.split(":")[0] in document["volumes"] for v in replica.get("volumes", [])):
+        problems.append("postgres-replica keeps its data outside a named volume")
+    if "pg_isready" not in replica.get("healthcheck", {}).get("test", []):
+        problems.append("postgres-replica is not health-checked with pg_isready")
+    problems += depends_problems("postgres-replica", replica, {"postgres": "service_healthy"})
+    # The primary lets it stream: a pg_hba.conf line for replication, added at initialisation.
+    hba = [
+        document.get("configs", {}).get(mount["source"], {}).get("content", "")
+        for mount in services["postgres"].get("configs", [])
+        if str(mount.get("target", "")).startswith("/docker-entrypoint-initdb.d/")
+    ]
+    if not any("host replication" in content for content in hba):
+        problems.append("the primary accepts no replication connection")
+    return problems
+
+
+def deploy_haproxy() -> HaproxyConfig:
+    return HaproxyConfig.parse(DEPLOY_CONFIG.read_text())
+
+
+def test_compose_scale_profile_balances_server_replicas_on_a_read_replica() -> None:
+    assert compose_scale_problems(load_yaml(COMPOSE), deploy_haproxy()) == []
+
+
+def set_path(document: dict[str, Any], path: str, value: object) -> None:
+    """Set the dotted `path` of `document` to `value`; delete it when `value` is None."""
+    *parents, key = path.split(".")
+    node = document
+    for parent in parents:
+        node = node[parent]
+    if value is None:
+        del node[key]
+    else:
+        node[key] = value
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("services.servers.profiles", None),
+        ("services.servers.deploy", {"replicas": 1}),
+        ("services.workers.deploy", None),
+        ("services.servers.ports", ["8000:8000"]),
+        ("services.servers.environment.DATABASE_READ_URL", None),
+        ("services.servers.environment.KASPARRO_SOURCES", "csv"),
+        ("services.servers.depends_on", {"migrate": {"condition": "service_started"}}),
+        ("services.balancer.volumes", []),
+        ("services.postgres-replica.entrypoint", ["docker-entrypoint.sh", "postgres"]),
+        ("services.postgres-replica.image", "postgres:15-alpine"),
+        ("services.postgres.configs", []),
+    ],
+)
+def test_scale_rule_rejects_a_broken_profile(path: str, value: object) -> None:
+    document = copy.deepcopy(load_yaml(COMPOSE))
+    servers = document["services"]["servers"]
+    servers["environment"] = dict(environment(servers))
+    set_path(document, path, value)
+    assert compose_scale_problems(document, deploy_haproxy())
+
+
+def test_scale_rule_rejects_a_backend_that_resolves_another_name() -> None:
+    text = DEPLOY_CONFIG.read_text().replace(f"servers:{PORT}", f"server:{PORT}")
+    assert compose_scale_problems(load_yaml(COMPOSE), HaproxyConfig.parse(text))
+
+
+# ---- deploy/haproxy/haproxy.cfg ------------------------------------------------------------------
+
+WS_KEEPALIVE = float(Settings.model_fields["ws_keepalive"].default)
+
+
+def haproxy_problems(config: HaproxyConfig) -> list[str]:
+    """WebSockets pass through and live as long as keepalive pings flow; replicas are checked
+    on /readyz; a dead replica's connections are redispatched; clients cannot forge their
+    address."""
+    defaults = config.section("defaults")
+    frontend = config.section("frontend", FRONTEND)
+    backend = config.section("backend", BACKEND)
+    problems = []
+    if defaults.first("mode") != ["mode", "http"]:
+        problems.append(f"defaults mode is {defaults.first('mode')}, not http")
+    for name in ("connect", "client", "server", "tunnel"):
+        if defaults.first("timeout", name) is None:
+            problems.append(f"no timeout {name}")
+    tunnel = defaults.first("timeout", "tunnel")
+    if tunnel is not None and seconds(tunnel[2]) < 4 * WS_KEEPALIVE:
+        problems.append(f"timeout tunnel {tunnel[2]} cuts WebSockets between keepalive pings")
+    lines = defaults.lines + backend.lines
+    if ["option", "httpchk"] not in [line[:2] for line in lines]:
+        problems.append("no HTTP health check (option httpchk)")
+    requests = [
+        line for line in lines if line[:2] in (["http-check", "send"], ["option", "httpchk"])
+    ]
+    if not any("/readyz" in line for line in requests):
+        problems.append(f"health checks do not ask /readyz: {requests}")
+    if ["http-check", "expect", "status", "200"] not in lines:
+        problems.append("health checks do not expect status 200")
+    servers = backend.all("server") + backend.all("server-template")
+    checked = any("check" in line for line in backend.all("default-server"))
+    if not servers or not (checked or all("check" in line for line in servers)):
+        problems.append("the backend's servers are not health-checked")
+    if not any(line[:2] == ["option", "redispatch"] for line in lines):
+        problems.append("no option redispatch: a dead replica's retries stay on it")
+    if not any(words[:1] == ["bind"] and words[1].endswith(f":{PORT}") for words in frontend.lines):
+        problems.append(f"the frontend does not listen on {PORT}")
+    if frontend.first("default_backend") != ["default_backend", BACKEND]:
+        problems.append(f"the frontend does not send to {BACKEND}")
+    if ["option", "forwardfor"] not in defaults.lines + frontend.lines:
+        problems.append("the servers are not told the client's address (option forwardfor)")
+    if ["http-request", "del-header", "X-Forwarded-For"] not in frontend.lines:
+        problems.append("a client's own X-Forwarded-For reaches the servers")
+    return problems
+
+
+def test_haproxy_passes_websockets_and_checks_readiness() -> None:
+    assert haproxy_problems(deploy_haproxy()) == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("timeout tunnel 1h", "timeout tunnel 30s"),
+        ("timeout tunnel 1h", ""),
+        ("uri /readyz", "uri /healthz"),
+        ("http-check expect status 200", ""),
+        ("default-server check ", "default-server "),
+        ("option redispatch 1", ""),
+        ("bind :8000", "bind :8080"),
+        ("http-request del-header X-Forwarded-For", ""),
+        ("mode http", "mode tcp"),
+    ],
+)
+def test_haproxy_rule_rejects_a_weaker_config(old: str, new: str) -> None:
+    text = DEPLOY_CONFIG.read_text()
+    assert old in text
+    assert haproxy_problems(HaproxyConfig.parse(text.replace(old, new)))
+
+
+def haproxy_check(path: Path) -> subprocess.CompletedProcess[str]:
+    binary = haproxy_binary()
+    if binary is None:
+        pytest.skip("haproxy is not installed")
+    return subprocess.run(
+        [binary, "-c", "-f", str(path)], capture_output=True, text=True, check=False, timeout=30
+    )
+
+
+def test_haproxy_accepts_the_configuration() -> None:
+    result = haproxy_check(DEPLOY_CONFIG)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_haproxy_check_rejects_a_broken_configuration(tmp_path: Path) -> None:
+    broken = tmp_path / "haproxy.cfg"
+    broken.write_text(DEPLOY_CONFIG.read_text().replace("timeout tunnel 1h", "timeout tunnel 1x"))
+    assert haproxy_check(broken).returncode != 0

@@ -29,17 +29,30 @@ async def run_in_process(
     Runs are counted in `metrics` (the app's registry: one /metrics for the whole process)."""
     if settings.redis_url is None:
         from workers.jobs import ingest
+        from workers.maintenance import Maintenance
         from workers.runtime import open_runtime
         from workers.scheduler import Scheduler
+        from workers.streams.supervisor import (
+            StreamSupervisor,
+            scheduled_sources,
+            stream_sources,
+        )
 
         async with open_runtime(settings, engine=engine, broker=broker, metrics=metrics) as runtime:
             scheduler = Scheduler(
-                ingest, {"runtime": runtime}, settings.sources, settings.ingest_interval
+                ingest, {"runtime": runtime}, scheduled_sources(settings), settings.ingest_interval
             )
+            # Stream sources stream for the process's life, beside the schedule.
+            streams = StreamSupervisor(runtime, stream_sources(settings))
+            maintenance = Maintenance(engine, settings)  # partitions ahead, retention
             scheduler.start()
+            streams.start()
+            maintenance.start()
             try:
                 yield
             finally:
+                await maintenance.stop()
+                await streams.stop()
                 await scheduler.stop()
         return
 

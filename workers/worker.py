@@ -86,7 +86,10 @@ def _scheduled(source: str) -> Callable[[dict[str, Any]], Awaitable[dict[str, An
 
 
 def cron_jobs(settings: Settings, *, namespace: str = NAMESPACE) -> list[CronJob]:
-    """One cron job per enabled source; unique, so N workers start each tick once."""
+    """One cron job per enabled source; unique, so N workers start each tick once. Stream
+    sources have none: they stream continuously (`workers/streams/`)."""
+    from workers.streams.supervisor import scheduled_sources
+
     schedule = cron_schedule(settings.ingest_interval)
     return [
         cron(
@@ -97,7 +100,7 @@ def cron_jobs(settings: Settings, *, namespace: str = NAMESPACE) -> list[CronJob
             timeout=max(settings.ingest_interval * 4, 600),
             **schedule,  # type: ignore[arg-type]
         )
-        for source in settings.sources
+        for source in scheduled_sources(settings)
     ]
 
 
@@ -306,6 +309,21 @@ def create_worker(
                 stack.push_async_callback(shared.close)
             runtime = open_runtime(settings, engine=engine, broker=shared, metrics=metrics)
             ctx["runtime"] = await stack.enter_async_context(runtime)
+            # The enabled stream sources stream for the worker's life (one owner per source
+            # across workers, through their runs' leases).
+            from workers.streams.supervisor import StreamSupervisor, stream_sources
+
+            streams = stream_sources(settings)
+            if streams:
+                supervisor = StreamSupervisor(ctx["runtime"], streams)
+                supervisor.start()
+                stack.push_async_callback(supervisor.stop)
+            # Partitions ahead and retention: now, then hourly (workers/maintenance.py).
+            from workers.maintenance import Maintenance
+
+            maintenance = Maintenance(ctx["runtime"].engine, settings)
+            maintenance.start()
+            stack.push_async_callback(maintenance.stop)
             stacks.append(stack.pop_all())
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:

@@ -46,6 +46,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schema.compiled.sql import Prepared, Unpreparable
+from schema.prices import rollups
 from server.source_names import FAMILIES, SEPARATOR
 from server.sqltypes import ExactDecimal
 from server.tables import prices
@@ -298,7 +299,16 @@ async def candles_sql(
     source: str | None,
 ) -> list[CandleRow]:
     """Candles of one asset for buckets in [start, end), oldest first (one statement; on
-    PostgreSQL prepared once per interval, schema.compiled.sql)."""
+    PostgreSQL prepared once per interval, schema.compiled.sql): from the roll-ups when they
+    tile the interval and the range (schema/prices/rollups.py), else aggregated from prices."""
+    first, last = epoch_seconds(start), epoch_seconds(end)
+    exact = not (epoch_fraction(start) or epoch_fraction(end))
+    if exact and rollups.serves(interval.seconds, first, last):
+        return _candle_rows(
+            await _rollup_rows(
+                conn, asset_id=asset_id, interval=interval, start=first, end=last, source=source
+            )
+        )
     prepared = None
     if conn.dialect.name == "postgresql":
         prepared = _prepared_query(conn.dialect, interval, _filter_kind(source))
@@ -316,7 +326,12 @@ async def candles_sql(
             source=source,
         )
         rows = (await conn.execute(query)).all()
-    # Columns: bucket, open, high, low, close, volume, observations, sources.
+    return _candle_rows(rows)
+
+
+def _candle_rows(rows: Sequence[Any]) -> list[CandleRow]:
+    """Rows of `candle_query` or `rollup_query`: bucket, open, high, low, close, volume,
+    observations, sources."""
     return [
         CandleRow(
             datetime.fromtimestamp(int(row[0]), UTC),
@@ -330,6 +345,35 @@ async def candles_sql(
         )
         for row in rows
     ]
+
+
+async def _rollup_rows(
+    conn: AsyncConnection,
+    *,
+    asset_id: int,
+    interval: Interval,
+    start: int,
+    end: int,
+    source: str | None,
+) -> Sequence[Any]:
+    """`rollup_query`'s rows for buckets in [start, end) (epoch seconds)."""
+    if conn.dialect.name == "postgresql":
+        prepared = _prepared_rollup(conn.dialect, interval, _filter_kind(source))
+        if prepared is not None:
+            values: dict[str, Any] = {"asset_id": asset_id, "start": start, "end": end}
+            values["source"] = source
+            values["family_prefix"] = None if source is None else source + SEPARATOR
+            rows: Sequence[Any] = await prepared.fetch(conn, values)
+            return rows
+    query = rollups.rollup_query(
+        conn.dialect.name,
+        asset_id=asset_id,
+        width=interval.seconds,
+        start=start,
+        end=end,
+        source=source,
+    )
+    return list((await conn.execute(query)).all())
 
 
 @lru_cache(maxsize=256)
@@ -372,6 +416,40 @@ def _prepared_query(dialect: Dialect, interval: Interval, by: str | None) -> Pre
         interval=interval,
         start=_PROBE_START,
         end=_PROBE_END,
+        source=probe,
+        family=by == "family",
+    )
+    try:
+        return Prepared(query, probes, dialect)
+    except Unpreparable:
+        return None
+
+
+# Probes of the roll-up statements' epoch-second bounds: integers no request sends as these.
+_PROBE_START_SECONDS = -2_000_000_001
+_PROBE_END_SECONDS = -2_000_000_002
+
+
+@lru_cache(maxsize=32)
+def _prepared_rollup(dialect: Dialect, interval: Interval, by: str | None) -> Prepared | None:
+    """`rollup_query` for one interval, without a source, with one or with a family, prepared
+    for PostgreSQL."""
+    probes: dict[Hashable, str] = {
+        _PROBE_ASSET: "asset_id",
+        _PROBE_START_SECONDS: "start",
+        _PROBE_END_SECONDS: "end",
+    }
+    probe = {None: None, "source": _PROBE_SOURCE, "family": _PROBE_FAMILY}[by]
+    if probe is not None:
+        probes[probe] = "source"
+    if by == "family":
+        probes[_PROBE_FAMILY + SEPARATOR] = "family_prefix"
+    query = rollups.rollup_query(
+        dialect.name,
+        asset_id=_PROBE_ASSET,
+        width=interval.seconds,
+        start=_PROBE_START_SECONDS,
+        end=_PROBE_END_SECONDS,
         source=probe,
         family=by == "family",
     )

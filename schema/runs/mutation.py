@@ -16,6 +16,7 @@ from server.broker.channels import RUNS_CHANNEL, publish
 from server.errors import ServiceUnavailable, UserError
 from server.queue import TRIGGER, QueueUnavailable, fail_queued_run, queue_run, run_row
 from server.settings import Settings
+from server.source_names import EXCHANGE_SOURCES
 
 log = structlog.get_logger(__name__)
 
@@ -24,9 +25,19 @@ class SourceDisabled(UserError):
     code = "SOURCE_DISABLED"
 
 
+class StreamSource(UserError):
+    code = "STREAM_SOURCE"
+
+
 def enabled_source(settings: Settings, source: str) -> str:
-    """The source's name, checked to be known (UNKNOWN_SOURCE) and enabled (SOURCE_DISABLED)."""
+    """The source's name, checked to be known (UNKNOWN_SOURCE), to have runs (not a stream:
+    STREAM_SOURCE) and to be enabled (SOURCE_DISABLED)."""
     (name,) = validate_sources([source.strip()]) or [source]
+    if name in EXCHANGE_SOURCES:
+        raise StreamSource(
+            f"source {name!r} streams while it is enabled (KASPARRO_SOURCES): it has no run to "
+            "trigger; its REST catch-up runs each time its stream connects"
+        )
     if name not in settings.sources:
         raise SourceDisabled(
             f"source {name!r} is not enabled on this server (KASPARRO_SOURCES); "

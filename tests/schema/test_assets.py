@@ -270,7 +270,7 @@ async def test_one_source_has_no_spread_and_no_prices_have_no_latest(
 
 async def test_latest_price_refuses_an_unknown_source(client: httpx.AsyncClient) -> None:
     found = await error(
-        client, '{ asset(slug: "bitcoin") { latestPrice(source: "binance") { id } } }'
+        client, '{ asset(slug: "bitcoin") { latestPrice(source: "bitstamp") { id } } }'
     )
     assert found["extensions"]["code"] == "UNKNOWN_SOURCE"
 

@@ -181,9 +181,9 @@ async def test_latest_prices_filter_by_symbol_case_insensitively_and_by_source(
 
 
 async def test_latest_prices_refuse_an_unknown_source(client: httpx.AsyncClient) -> None:
-    found = await error(client, LATEST, sources=["binance"])
+    found = await error(client, LATEST, sources=["bitstamp"])
     assert found["extensions"]["code"] == "UNKNOWN_SOURCE"
-    assert "binance" in found["message"]
+    assert "bitstamp" in found["message"]
 
 
 # ---- candles ----
@@ -301,7 +301,7 @@ async def test_a_symbol_naming_several_assets_is_ambiguous_until_one_is_picked(
     ("variables", "code"),
     [
         ({"symbol": "NOPE", "interval": "HOUR"}, "UNKNOWN_SYMBOL"),
-        ({"symbol": "BTC", "interval": "HOUR", "source": "binance"}, "UNKNOWN_SOURCE"),
+        ({"symbol": "BTC", "interval": "HOUR", "source": "bitstamp"}, "UNKNOWN_SOURCE"),
         ({"symbol": "BTC", "interval": "HOUR", "from": "yesterday"}, "BAD_USER_INPUT"),
         (
             {"symbol": "BTC", "interval": "HOUR", "from": "2024-05-02T00:00:00Z",

@@ -167,7 +167,13 @@ async def test_a_valid_key_queues_a_run_that_then_succeeds(
 
 @pytest.mark.parametrize(
     ("source", "code"),
-    [("binance", "UNKNOWN_SOURCE"), ("", "UNKNOWN_SOURCE"), ("csv", "SOURCE_DISABLED")],
+    [
+        ("bitstamp", "UNKNOWN_SOURCE"),
+        ("", "UNKNOWN_SOURCE"),
+        ("csv", "SOURCE_DISABLED"),
+        ("binance", "STREAM_SOURCE"),  # streams while enabled: nothing to trigger
+        ("Kraken", "STREAM_SOURCE"),
+    ],
 )
 async def test_a_source_that_cannot_run_is_refused(
     client: httpx.AsyncClient, engine: AsyncEngine, source: str, code: str

@@ -181,7 +181,7 @@ async def test_a_page_of_500_prices_with_assets_costs_a_fixed_few_statements(
         ({"first": 2, "last": 2}, "INVALID_PAGE_SIZE"),
         ({"first": 2, "after": "not-a-cursor"}, "INVALID_CURSOR"),
         ({"first": 2, "after": "WyJub3BlIiwxXQ"}, "INVALID_CURSOR"),  # ["nope",1]
-        ({"filter": {"sources": ["binance"]}}, "UNKNOWN_SOURCE"),
+        ({"filter": {"sources": ["bitstamp"]}}, "UNKNOWN_SOURCE"),
         ({"filter": {"from": "2024-05-01T00:00:00"}}, "BAD_USER_INPUT"),
         ({"filter": {"from": "yesterday"}}, "BAD_USER_INPUT"),
         (

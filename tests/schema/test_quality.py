@@ -210,7 +210,7 @@ async def test_anomaly_pages_follow_cursors(client: httpx.AsyncClient, engine: A
         ({"first": 501}, "INVALID_PAGE_SIZE"),
         ({"first": -3}, "INVALID_PAGE_SIZE"),
         ({"after": "bm9wZQ"}, "INVALID_CURSOR"),
-        ({"source": "kraken"}, "UNKNOWN_SOURCE"),
+        ({"source": "bitstamp"}, "UNKNOWN_SOURCE"),
     ],
 )
 async def test_bad_arguments_get_a_code(

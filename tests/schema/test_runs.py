@@ -171,7 +171,7 @@ async def test_runs_filter_by_source_and_status_and_page_without_gaps(
 @pytest.mark.parametrize(
     ("variables", "code"),
     [
-        ({"source": "binance"}, "UNKNOWN_SOURCE"),
+        ({"source": "bitstamp"}, "UNKNOWN_SOURCE"),
         ({"first": 501}, "INVALID_PAGE_SIZE"),
         ({"first": -1}, "INVALID_PAGE_SIZE"),
         ({"after": "not-a-cursor"}, "INVALID_CURSOR"),
@@ -304,11 +304,22 @@ async def test_sources_report_checkpoints_last_runs_and_counts(
         sources = (await data(client, SOURCES))["sources"]
 
     by_name = {source["name"]: source for source in sources}
-    assert [source["name"] for source in sources] == ["coingecko", "coinpaprika", "csv"]
+    # Every known source, the exchanges (streams, off by default) too.
+    assert [source["name"] for source in sources] == [
+        "coingecko",
+        "coinpaprika",
+        "csv",
+        "binance",
+        "coinbase",
+        "kraken",
+    ]
     assert {name: s["enabled"] for name, s in by_name.items()} == {
         "coingecko": True,
         "coinpaprika": False,
         "csv": True,
+        "binance": False,
+        "coinbase": False,
+        "kraken": False,
     }
     coingecko = by_name["coingecko"]
     assert coingecko["lastRun"]["id"] == str(history["cg_partial"])
@@ -352,7 +363,7 @@ async def test_sources_cost_one_grouped_query_per_fact_not_one_per_source(
     starlette_app, client = app
     with recorded_statements(starlette_app.state.engine) as statements:
         sources = (await data(client, SOURCES))["sources"]
-    assert len(sources) == 3
+    assert len(sources) == 6
     # run summary + the run rows it names, prices, quarantine, checkpoints
     assert len(selects(statements)) == 5, statements
     with recorded_statements(starlette_app.state.engine) as statements:
@@ -411,7 +422,8 @@ async def test_stats_sum_records_count_runs_and_time_them_per_source(
         "failed": 1,
         "total": 14,
     }
-    coingecko, coinpaprika, csv = stats["sources"]
+    coingecko, coinpaprika, csv, *exchanges = stats["sources"]
+    assert [e["runs"] for e in exchanges] == [0, 0, 0]
     assert coingecko["source"] == "coingecko"
     assert (coingecko["runs"], coingecko["recordsProcessed"]) == (11, 52)
     # Completed runs only: the 1000 s failure is not a duration of work done.
@@ -443,7 +455,14 @@ async def test_stats_of_an_empty_database_are_zeros(client: httpx.AsyncClient) -
     stats = (await data(client, STATS))["stats"]
     assert (stats["recordsProcessed"], stats["pricesStored"], stats["assets"]) == (0, 0, 0)
     assert stats["runs"]["total"] == 0
-    assert [s["source"] for s in stats["sources"]] == ["coingecko", "coinpaprika", "csv"]
+    assert [s["source"] for s in stats["sources"]] == [
+        "coingecko",
+        "coinpaprika",
+        "csv",
+        "binance",
+        "coinbase",
+        "kraken",
+    ]
     assert all(s["averageDurationSeconds"] is None for s in stats["sources"])
 
 

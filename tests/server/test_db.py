@@ -11,7 +11,13 @@ import pytest
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.db import create_engine, driver_connection, read, read_engine
+from server.db import (
+    create_engine,
+    create_maintenance_engine,
+    driver_connection,
+    read,
+    read_engine,
+)
 from server.settings import Settings
 
 
@@ -132,3 +138,25 @@ async def test_a_driver_connection_the_server_closed_is_not_pooled_again(pg_url:
     finally:
         await engine.dispose()
         await killer.dispose()
+
+
+async def command_timeout(engine: Any) -> float | None:
+    async with engine.connect() as conn:
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        return driver._config.command_timeout  # type: ignore[no-any-return]
+
+
+@pytest.mark.postgres
+async def test_migrations_and_retention_run_without_the_requests_statement_timeout(
+    pg_url: str,
+) -> None:
+    # A request's statement ends after a minute; converting or back-filling a table of many
+    # millions of rows takes longer, and must not be cut off half-way.
+    settings = Settings.load(_env_file=None, DATABASE_URL=pg_url)
+    served, maintenance = create_engine(settings), create_maintenance_engine(settings)
+    try:
+        assert await command_timeout(served) == 60
+        assert await command_timeout(maintenance) is None
+    finally:
+        await served.dispose()
+        await maintenance.dispose()

@@ -99,7 +99,7 @@ def test_driverless_database_urls_get_the_async_driver(url: str, expected: str) 
         ({"KASPARRO_PORT": "70000"}, ("KASPARRO_PORT", "70000")),
         ({"KASPARRO_PORT": "0"}, ("KASPARRO_PORT", "0")),
         ({"KASPARRO_PORT": "eighty"}, ("KASPARRO_PORT", "eighty")),
-        ({"KASPARRO_SOURCES": "coingecko,binance"}, ("KASPARRO_SOURCES", "binance")),
+        ({"KASPARRO_SOURCES": "coingecko,bitstamp"}, ("KASPARRO_SOURCES", "bitstamp")),
         ({"KASPARRO_INGEST_INTERVAL": "0"}, ("KASPARRO_INGEST_INTERVAL", "0")),
         ({"COINGECKO_BASE_URL": "ftp://x"}, ("COINGECKO_BASE_URL", "ftp://x")),
     ],

@@ -10,11 +10,13 @@ Each exchange has one generated trade history (`tests.support.exchange_tape`) of
 the first `history` trades of each pair have happened before any connection; a connection's
 script then publishes the rest in order, sending each trade in the exchange's shapes for the
 channels the client subscribed to (`Send`), or publishing without sending (`Skip`: a trade id
-gap that REST can fill). The script can also drop the connection, stall, send a malformed
-frame, send a protocol ping that must be answered (`pings` records whether it was; an
-unanswered one drops the connection), or a heartbeat. A connection without a script sends
-everything that is left. After its script a connection stays open, sending heartbeats where
-the exchange does (Coinbase `heartbeat` channel, Kraken), until the client leaves.
+gap that REST can fill). The script can also drop the connection, stall (optionally deaf to
+the client's messages), send a malformed frame, publish a trade but send its frame garbled
+(`Garble`: REST has it, the stream's copy is unreadable), send a protocol ping that must be
+answered (`pings` records whether it was; an unanswered one drops the connection), or a
+heartbeat. A connection without a script sends everything that is left. After its script a
+connection stays open, sending heartbeats where the exchange does (Coinbase `heartbeat`
+channel, Kraken), until the client leaves.
 
 The server is `websockets` in a background thread with its own event loop (as FakeUpstream
 runs uvicorn), so any test's loop can use it; REST requests are answered in
@@ -77,10 +79,13 @@ class Close:
 
 @dataclass(frozen=True)
 class Stall:
-    """Send nothing for `seconds`, or until `until` is set (from any thread)."""
+    """Send nothing for `seconds`, or until `until` is set (from any thread). With `mute`,
+    the client's messages go unanswered meanwhile too (a dead link: no Kraken pong either;
+    protocol pings are still answered by the server's `websockets`)."""
 
     seconds: float | None = None
     until: threading.Event | None = None
+    mute: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,14 @@ class Malformed:
     """Send `frame` as it is (not JSON, or JSON of the wrong shape)."""
 
     frame: str | bytes
+
+
+@dataclass(frozen=True)
+class Garble:
+    """Publish the next `count` trades and send each one's frame cut in half: the trades
+    exist (REST has them) but the client cannot read them."""
+
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -103,7 +116,7 @@ class Heartbeat:
     """Send the exchange's heartbeat now (Coinbase: per subscribed product; Kraken)."""
 
 
-Step = Send | Skip | Drop | Close | Stall | Malformed | Ping | Heartbeat
+Step = Send | Skip | Drop | Close | Stall | Malformed | Garble | Ping | Heartbeat
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,7 @@ class _Session:
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
     open_minute: dict[str, datetime] = field(default_factory=dict)  # Binance klines
     received: list[str] = field(default_factory=list)
+    muted: bool = False  # during a muted Stall: client messages are read, not answered
 
 
 class FakeExchange:
@@ -157,6 +171,8 @@ class FakeExchange:
         self.subscribe_within = 5.0  # Coinbase closes a connection that did not subscribe
         self.pings: list[PingRecord] = []
         self.requests: list[RestRecord] = []
+        self._rest_faults: deque[tuple[HTTPStatus, dict[str, str]]] = deque()
+        self._unlisted: set[tuple[str, str, int]] = set()  # (exchange, symbol, trade id)
         self.sessions: list[_Session] = []
         self._scripts: dict[str, deque[list[Step]]] = {name: deque() for name in self.pairs}
         self._lock = threading.Lock()
@@ -190,6 +206,24 @@ class FakeExchange:
         """The trades not published yet."""
         with self._lock:
             return self.tapes[exchange][self.position[exchange] :]
+
+    def fail_rest(self, *statuses: int, retry_after: str | None = None) -> None:
+        """Answer the next REST requests (any exchange) with these statuses, one each, then
+        normally; `retry_after` goes in each answer's Retry-After header."""
+        headers = {} if retry_after is None else {"Retry-After": retry_after}
+        with self._lock:
+            self._rest_faults.extend((HTTPStatus(status), headers) for status in statuses)
+
+    def unlist(self, exchange: str, symbol: str, *trade_ids: int) -> None:
+        """Leave these trades out of every REST answer: ids the exchange's REST never has."""
+        with self._lock:
+            self._unlisted.update((exchange, symbol, trade_id) for trade_id in trade_ids)
+
+    def _listed(self, exchange: str, symbol: str) -> list[TapeTrade]:
+        """The published trades REST answers with."""
+        trades = self.published(exchange, symbol)
+        with self._lock:
+            return [t for t in trades if (exchange, symbol, t.trade_id) not in self._unlisted]
 
     def publish(self, exchange: str, count: int) -> None:
         """Publish `count` trades without any connection (trading went on meanwhile)."""
@@ -293,7 +327,8 @@ class FakeExchange:
             async for message in session.connection:
                 text = message if isinstance(message, str) else message.decode(errors="replace")
                 session.received.append(text)
-                await handlers[session.exchange](session, text)
+                if not session.muted:
+                    await handlers[session.exchange](session, text)
 
     async def _step(self, session: _Session, step: Step) -> bool:
         """Run one step; False when the connection is gone."""
@@ -309,9 +344,15 @@ class FakeExchange:
             await connection.close(step.code, step.reason)
             return False
         elif isinstance(step, Stall):
-            await self._stall(step)
+            session.muted = step.mute
+            try:
+                await self._stall(step)
+            finally:
+                session.muted = False
         elif isinstance(step, Malformed):
             await connection.send(step.frame)
+        elif isinstance(step, Garble):
+            await self._garble(session, step.count)
         elif isinstance(step, Ping):
             return await self._ping(session, step)
         else:
@@ -326,6 +367,25 @@ class FakeExchange:
                 await asyncio.sleep(0.01)
         elif step.seconds is not None:
             await asyncio.sleep(step.seconds)
+
+    async def _garble(self, session: _Session, count: int) -> None:
+        exchange = session.exchange
+        for _ in range(count):
+            with self._lock:
+                index = self.position[exchange]
+                if index >= len(self.tapes[exchange]):
+                    return
+                trade = self.tapes[exchange][index]
+                self.position[exchange] = index + 1
+            if exchange == "binance":
+                name = f"{trade.symbol.lower()}@trade"
+                message: dict[str, Any] = {"stream": name, "data": tape.binance_trade(trade)}
+            elif exchange == "coinbase":
+                message = tape.coinbase_match(trade)
+            else:
+                message = tape.kraken_trade([trade])
+            text = json.dumps(message, separators=(",", ":"))
+            await session.connection.send(text[: len(text) // 2])
 
     async def _ping(self, session: _Session, step: Ping) -> bool:
         waiter = await session.connection.ping(step.payload)
@@ -574,6 +634,10 @@ class FakeExchange:
         exchange = parts[0] if parts else ""
         with self._lock:
             self.requests.append(RestRecord(exchange, url.path, query))
+            fault = self._rest_faults.popleft() if self._rest_faults else None
+        if fault is not None:
+            status, headers = fault
+            return _json(connection, status, {"message": status.phrase}, headers)
         route = {"binance": self._binance_rest, "coinbase": self._coinbase_rest,
                  "kraken": self._kraken_rest}.get(exchange)  # fmt: skip
         if route is None or exchange not in self.pairs:
@@ -592,7 +656,7 @@ class FakeExchange:
         if not 1 <= limit <= 1000:
             bad = {"code": -1130, "msg": "Data sent for parameter 'limit' is not valid."}
             return _json(connection, HTTPStatus.BAD_REQUEST, bad)
-        trades = self.published("binance", symbol)
+        trades = self._listed("binance", symbol)
         if path == "/api/v3/historicalTrades":
             if "fromId" in query:
                 page = [t for t in trades if t.trade_id >= int(query["fromId"])][:limit]
@@ -621,7 +685,7 @@ class FakeExchange:
         parts = path.strip("/").split("/")
         if len(parts) != 3 or parts[0] != "products" or parts[1] not in self.pairs["coinbase"]:
             return _json(connection, HTTPStatus.NOT_FOUND, {"message": "NotFound"})
-        trades = self.published("coinbase", parts[1])
+        trades = self._listed("coinbase", parts[1])
         if parts[2] == "trades":
             limit = int(query.get("limit", "1000"))
             if not 1 <= limit <= 1000:
@@ -668,7 +732,7 @@ class FakeExchange:
         if symbol is None:
             return _json(connection, HTTPStatus.OK, {"error": ["EQuery:Unknown asset pair"]})
         key = tape.kraken_rest_key(symbol)
-        trades = self.published("kraken", symbol)
+        trades = self._listed("kraken", symbol)
         if path == "/0/public/Trades":
             count = min(int(query.get("count", "1000")), 1000)
             if "since" in query:

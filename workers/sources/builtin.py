@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from server.settings import Settings
 from workers.sources.coingecko import MARKET_FIELDS
 from workers.sources.coinpaprika import TICKER_FIELDS
-from workers.sources.plugin import RateLimit, SourcePlugin
+from workers.sources.plugin import Build, RateLimit, SourcePlugin, StreamHook
 
 if TYPE_CHECKING:
     from workers.runtime import Runtime
@@ -153,3 +153,36 @@ CSV = SourcePlugin(
     settings=("KASPARRO_CSV_PATHS", "KASPARRO_CSV_BATCH_SIZE"),
     checkpoint="one stream per dataset and file (the file's identity): the rows read so far",
 )
+
+
+def _exchange(exchange: str) -> Build:
+    def build(runtime: Runtime, options: Mapping[str, Any]) -> Source:
+        from workers.sources.exchanges.source import build_exchange
+
+        return build_exchange(exchange, runtime, options)
+
+    return build
+
+
+def _exchange_stream(exchange: str) -> StreamHook:
+    from workers.sources.exchanges.source import exchange_stream
+
+    return exchange_stream(exchange)
+
+
+def _exchange_plugin(exchange: str, title: str, channel: str) -> SourcePlugin:
+    upper = exchange.upper()
+    return SourcePlugin(
+        name=exchange,
+        description=f"{title} spot trades, streamed ({channel}); REST fills gaps and catches up.",
+        build=_exchange(exchange),
+        settings=(f"{upper}_BASE_URL", f"{upper}_WS_URL", f"KASPARRO_{upper}_PAIRS"),
+        checkpoint="one stream (`stream`): {after: {pair: the last trade id stored}}; a restart "
+        "resumes after it, REST filling the trades in between",
+        stream=_exchange_stream(exchange),
+    )
+
+
+BINANCE = _exchange_plugin("binance", "Binance", "<symbol>@trade")
+COINBASE = _exchange_plugin("coinbase", "Coinbase Exchange", "matches")
+KRAKEN = _exchange_plugin("kraken", "Kraken", "WebSocket v2 trade")

@@ -79,9 +79,13 @@ class RateLimit:
 
 
 class StreamHook(Protocol):
-    """A source that can also follow its upstream live (an exchange's WebSocket) declares
-    `stream`: batches as they arrive, after `checkpoint`, committed like fetched ones. The
-    pipeline does not drive streams yet; the hook is declared so that a source can offer it."""
+    """A source that follows its upstream live (an exchange's WebSocket) declares `stream`:
+    an async iterator of batches as they arrive, resuming after `checkpoint` (the last one
+    committed, None the first time). The stream runner (`workers/streams/`) drives it in the
+    worker and in `kasparro up`, one owner per source across processes: it gathers the batches
+    into micro-batches, parses their items with the built `Source`'s `parse`, and commits the
+    observations with the last batch's checkpoint in one transaction. `options` holds
+    `stream=True` (and whatever the runner shares, such as `rates`)."""
 
     def __call__(
         self, runtime: Runtime, options: Mapping[str, Any], checkpoint: Mapping[str, Any] | None
@@ -109,7 +113,7 @@ class SourcePlugin:
     expected_fields  the fields its items carry, compared with what arrives (drift); the same
                   as its Source class's `expected_fields`
     rate_limit    how fast it may call its upstream; None: no limiter (files, local reads)
-    stream        the live hook (`StreamHook`), None until the source can follow its upstream
+    stream        the live hook (`StreamHook`); None for a source that is only fetched in runs
     stored_as     the source name its rows are stored under when not `name` (a way to run
                   another source, as `coingecko-history` runs `coingecko` for a past window)
     """

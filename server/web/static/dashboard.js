@@ -1,8 +1,10 @@
-// The live dashboard: prices through the priceUpdates subscription, candles per asset, runs,
-// sources, drift and anomalies through /graphql queries. Everything comes from this service.
+// The live dashboard: prices through the priceUpdates subscription, candles per asset, stream
+// tickers, runs, sources, drift and anomalies through /graphql queries. Everything comes from
+// this service.
 
 import { LiveClient, webSocketUrl } from "./gqlws.js";
 import { drawCandles } from "./chart.js";
+import { Tickers } from "./tickers.js";
 
 const GRAPHQL_URL = new URL("graphql", location.href).toString();
 const REFRESH_MS = 15000; // runs, sources, drift and anomalies, besides the run events
@@ -23,6 +25,7 @@ const OVERVIEW = `query DashboardOverview($runs: Int!, $events: Int!) {
   sources {
     name enabled runCount priceCount quarantinedCount
     checkpoints { stream state updatedAt }
+    lastRun { source trigger }
     lastSuccess { id finishedAt }
     lastFailure { id finishedAt error }
   }
@@ -58,6 +61,7 @@ const state = {
   interval: "HOUR",
   filter: "",
   charts: new Map(), // assetId -> {figure, plot, candles, timer}
+  tickers: null, // Tickers: the pairs of streaming sources, tick by tick
 };
 
 // ---- small helpers ----
@@ -232,7 +236,11 @@ async function refreshLatest() {
   try {
     const body = await graphql(LATEST);
     markServer(true);
-    for (const price of body.data?.latestPrices || []) addPrice(price, { quiet: true });
+    for (const price of body.data?.latestPrices || []) {
+      addPrice(price, { quiet: true });
+      state.tickers.add(price, { quiet: true });
+    }
+    state.tickers.render();
     renderPrices();
     syncCharts();
   } catch (error) {
@@ -353,6 +361,7 @@ function scheduleRender() {
     const arrived = feedPending.slice(-FEED_SIZE);
     feedPending = [];
     arrived.forEach(renderFeed);
+    state.tickers.render();
     if (pricesChanged) {
       pricesChanged = false;
       renderPrices();
@@ -372,6 +381,7 @@ function onPrice(price) {
   state.lastUpdateAt = Date.now();
   feedPending.push(price);
   if (feedPending.length > 4 * FEED_SIZE) feedPending = feedPending.slice(-FEED_SIZE);
+  state.tickers.add(price);
   if (addPrice(price)) {
     pricesChanged = true;
     const chart = state.charts.get(price.assetId);
@@ -460,6 +470,9 @@ function statusBadge(status) {
 function renderOverview(data) {
   if (data.health) renderHealth(data.health);
   if (data.etlRuns) renderRuns(data.etlRuns.nodes);
+  if (data.etlRuns) state.tickers.noteRuns(data.etlRuns.nodes);
+  if (data.sources) state.tickers.noteRuns(data.sources.map((source) => source.lastRun));
+  state.tickers.render();
   if (data.sources) renderSources(data.sources);
   if (data.driftEvents) renderDrift(data.driftEvents.nodes);
   if (data.anomalies) renderAnomalies(data.anomalies.nodes);
@@ -513,6 +526,8 @@ function drawRuns() {
 }
 
 function onRunEvent(run) {
+  state.tickers.noteRuns([run]);
+  scheduleRender();
   runs.set(run.id, run);
   drawRuns();
   // A finished run changes sources, drift and anomalies: refresh soon, once per burst.
@@ -663,6 +678,7 @@ const live = new LiveClient(webSocketUrl(GRAPHQL_URL), {
 });
 
 function start() {
+  state.tickers = new Tickers($("#tickers"), $("#tickers-empty"), formatUsd);
   $("#interval").value = state.interval;
   $("#interval").addEventListener("change", (event) => {
     state.interval = event.target.value;

@@ -300,8 +300,8 @@ async def test_an_injected_failure_keeps_what_was_committed(
 async def test_an_unknown_source_is_refused_before_any_run(
     runtime: Runtime, engine: AsyncEngine
 ) -> None:
-    with pytest.raises(ValueError, match="unknown source 'binance'"):
-        await run_source(runtime, "binance", trigger="test")
+    with pytest.raises(ValueError, match="unknown source 'bitstamp'"):
+        await run_source(runtime, "bitstamp", trigger="test")
     assert await count(engine, etl_runs) == 0
 
 

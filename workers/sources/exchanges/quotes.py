@@ -1,6 +1,6 @@
 """From a price in a pair's quote currency to a USD price, with the rate that was used.
 
-The rule (also in docs/sources.md once the exchange sources are wired in):
+The rule (also in docs/sources.md):
 
 1. Quoted in `USD`: the price is the USD price (rate 1, provenance "quoted in USD").
 2. Quoted in a USD stablecoin (`USD_STABLECOINS`, the one list of them): price times the
