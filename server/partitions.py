@@ -233,7 +233,11 @@ async def create_partition(
         await conn.execute(text(create_partition_sql(table, start, interval)))
         return name
     # DEFAULT holds rows of the interval: the child is made beside the table, filled with them,
-    # and attached (its indexes are built once, on its rows).
+    # and attached (its indexes are built once, on its rows). Readers wait meanwhile: ATTACH
+    # alone locks the parent only against other DDL, and a query planned before the commit but
+    # run after it would read neither the rows DEFAULT gave up nor the child holding them (an
+    # empty `max(id)` once started the live hub from zero).
+    await conn.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
     await conn.execute(
         text(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     )
