@@ -396,20 +396,25 @@ def _filter_kind(source: str | None) -> str | None:
     return "family" if source in FAMILIES else "source"
 
 
-@lru_cache(maxsize=32)
-def _prepared_query(dialect: Dialect, interval: Interval, by: str | None) -> Prepared | None:
-    """`candle_query` for one interval, without a source, with one or with a family, prepared
-    for PostgreSQL."""
-    probes: dict[Hashable, str] = {
-        _PROBE_ASSET: "asset_id",
-        _PROBE_START: "start",
-        _PROBE_END: "end",
-    }
+def _probes(
+    start: Hashable, end: Hashable, by: str | None
+) -> tuple[dict[Hashable, str], str | None]:
+    """The probe values of a prepared candle statement, by parameter, and its source's probe
+    (None without a source)."""
+    probes: dict[Hashable, str] = {_PROBE_ASSET: "asset_id", start: "start", end: "end"}
     probe = {None: None, "source": _PROBE_SOURCE, "family": _PROBE_FAMILY}[by]
     if probe is not None:
         probes[probe] = "source"
     if by == "family":
         probes[_PROBE_FAMILY + SEPARATOR] = "family_prefix"
+    return probes, probe
+
+
+@lru_cache(maxsize=32)
+def _prepared_query(dialect: Dialect, interval: Interval, by: str | None) -> Prepared | None:
+    """`candle_query` for one interval, without a source, with one or with a family, prepared
+    for PostgreSQL."""
+    probes, probe = _probes(_PROBE_START, _PROBE_END, by)
     query = candle_query(
         dialect.name,
         asset_id=_PROBE_ASSET,
@@ -434,16 +439,7 @@ _PROBE_END_SECONDS = -2_000_000_002
 def _prepared_rollup(dialect: Dialect, interval: Interval, by: str | None) -> Prepared | None:
     """`rollup_query` for one interval, without a source, with one or with a family, prepared
     for PostgreSQL."""
-    probes: dict[Hashable, str] = {
-        _PROBE_ASSET: "asset_id",
-        _PROBE_START_SECONDS: "start",
-        _PROBE_END_SECONDS: "end",
-    }
-    probe = {None: None, "source": _PROBE_SOURCE, "family": _PROBE_FAMILY}[by]
-    if probe is not None:
-        probes[probe] = "source"
-    if by == "family":
-        probes[_PROBE_FAMILY + SEPARATOR] = "family_prefix"
+    probes, probe = _probes(_PROBE_START_SECONDS, _PROBE_END_SECONDS, by)
     query = rollups.rollup_query(
         dialect.name,
         asset_id=_PROBE_ASSET,
