@@ -81,7 +81,9 @@ def kasparro_env(**values: str) -> dict[str, str]:
         if not key.startswith(("KASPARRO_", "COINGECKO_", "COINPAPRIKA_"))
         and key not in {"DATABASE_URL", "REDIS_URL"}
     }
-    env.update({"KASPARRO_LOG_LEVEL": "warning", **values})
+    # No worker binds the fixed metrics port (9100): tests run in parallel, and one that
+    # wants the worker's /metrics names a free port.
+    env.update({"KASPARRO_LOG_LEVEL": "warning", "KASPARRO_WORKER_METRICS_PORT": "0", **values})
     return env
 
 
