@@ -13,11 +13,11 @@ from sqlalchemy import func, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.db import create_engine
 from server.migrate import downgrade, upgrade
 from server.settings import Settings
 from server.tables import assets, candles_day, candles_hour, candles_minute, prices
 from tests.support.candle_rollups import rollup_mismatches
+from tests.support.database import migrated_engine
 
 BEFORE = "20261207_0011"
 T0 = datetime(2023, 12, 31, 23, 0, tzinfo=UTC)
@@ -28,12 +28,8 @@ VALUES = ("1.5", "1.50", "3", "0.25", "12.000")
 async def old_engine(db_url: str) -> AsyncIterator[tuple[AsyncEngine, Settings]]:
     """A database at the revision before the roll-ups."""
     settings = Settings.load(_env_file=None, DATABASE_URL=db_url)
-    engine = create_engine(settings)
-    await upgrade(engine, settings, BEFORE)
-    try:
+    async with migrated_engine(settings, BEFORE) as engine:
         yield engine, settings
-    finally:
-        await engine.dispose()
 
 
 async def _fill(engine: AsyncEngine) -> int:

@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.db import create_engine
 from server.migrate import downgrade, upgrade
 from server.settings import Settings
 from server.tables import (
@@ -28,6 +27,7 @@ from server.tables import (
     quarantine,
     raw_records,
 )
+from tests.support.database import migrated_engine
 
 BEFORE = "20261206_0006"
 DAY = datetime(2021, 3, 1, 23, 59, 59, tzinfo=UTC)
@@ -40,12 +40,8 @@ GENERIC = ("date", "close")
 async def old_engine(db_url: str) -> AsyncIterator[tuple[AsyncEngine, Settings]]:
     """A database at the revision before CSV datasets."""
     settings = Settings.load(_env_file=None, DATABASE_URL=db_url)
-    engine = create_engine(settings)
-    await upgrade(engine, settings, BEFORE)
-    try:
+    async with migrated_engine(settings, BEFORE) as engine:
         yield engine, settings
-    finally:
-        await engine.dispose()
 
 
 class OldCsvWriter:

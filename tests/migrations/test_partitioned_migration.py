@@ -15,10 +15,10 @@ from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.db import create_engine
 from server.migrate import downgrade, upgrade
 from server.settings import Settings
 from server.tables import anomalies, assets, etl_runs, prices, quarantine, raw_records
+from tests.support.database import migrated_engine
 
 BEFORE = "20261207_0010"
 AFTER = "20261207_0011"
@@ -29,12 +29,8 @@ HOURS = 24 * 75  # into February 2025: four months
 @pytest.fixture
 async def old_engine(db_url: str) -> AsyncIterator[tuple[AsyncEngine, Settings]]:
     settings = Settings.load(_env_file=None, DATABASE_URL=db_url)
-    engine = create_engine(settings)
-    await upgrade(engine, settings, BEFORE)
-    try:
+    async with migrated_engine(settings, BEFORE) as engine:
         yield engine, settings
-    finally:
-        await engine.dispose()
 
 
 async def fill(engine: AsyncEngine) -> None:

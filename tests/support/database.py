@@ -17,10 +17,10 @@ from server.settings import Settings
 
 @asynccontextmanager
 async def migrated_engine(
-    database: str | Settings, **engine_options: Any
+    database: str | Settings, revision: str = "head", **engine_options: Any
 ) -> AsyncIterator[AsyncEngine]:
-    """The database at a URL (or the one `Settings` name) migrated to head, and an engine on it
-    made from those settings with `engine_options` (disposed afterwards)."""
+    """The database at a URL (or the one `Settings` name) migrated to `revision`, and an engine
+    on it made from those settings with `engine_options` (disposed afterwards)."""
     settings = (
         database
         if isinstance(database, Settings)
@@ -28,7 +28,7 @@ async def migrated_engine(
     )
     engine = create_engine(settings, **engine_options)
     try:
-        await upgrade(engine, settings)
+        await upgrade(engine, settings, revision)
         yield engine
     finally:
         await engine.dispose()
