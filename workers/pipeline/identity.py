@@ -175,6 +175,9 @@ class IdentityResolver:
         # An asset was adopted or absorbed (aliases or prices moved): caches should reload.
         self.rewired = False
         self._last_reports = 0
+        # Aliases found recorded by an earlier call: an alias moves but never vanishes, so a
+        # batch of only these takes the shared lock at once and reads them once, under it.
+        self._recorded: set[tuple[str, str]] = set()
 
     async def resolve(self, conn: AsyncConnection, refs: Sequence[CoinRef]) -> dict[str, Resolved]:
         """source_asset_id -> Resolved for every ref (all of one source)."""
@@ -185,10 +188,13 @@ class IdentityResolver:
         if not wanted:
             return {}
         keys = list(wanted)
-        known = await _read_aliases(conn, keys)
-        exclusive = self.given is not None or len(known) < len(keys)
+        exclusive = False
+        if self.given is not None or not self._recorded.issuperset(keys):
+            known = await _read_aliases(conn, keys)
+            exclusive = self.given is not None or len(known) < len(keys)
         await lock_identities(conn, exclusive=exclusive)
         known = await _read_aliases(conn, keys)  # what holds now that the lock is held
+        self._recorded.update(known)
         if self.given is not None:
             await self._give(conn, wanted, known)
         missing = [wanted[key] for key in keys if key not in known]
@@ -205,6 +211,7 @@ class IdentityResolver:
         """The last batch rolled back: its reports name aliases that do not exist."""
         del self.reports[self._last_reports :]
         self.rewired = False
+        self._recorded.clear()  # some may have been recorded by that transaction
 
     async def new_asset(self, conn: AsyncConnection, ref: CoinRef, kind: str) -> Resolved:
         """A new asset for `ref` (a unique slug is found for it)."""

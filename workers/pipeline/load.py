@@ -30,7 +30,7 @@ from workers.pipeline import postgres_copy, sqlite_upsert
 from workers.pipeline.checkpoints import save_checkpoint
 from workers.pipeline.identity import IdentityResolver, Resolved
 from workers.pipeline.merge import Merged
-from workers.pipeline.outcome import BatchOutcome, add_to_run
+from workers.pipeline.outcome import BatchOutcome, LeaseLost, add_to_run
 from workers.pipeline.quarantine import insert_quarantine
 from workers.pipeline.serialize import Serialized, serialize
 from workers.quality.anomalies import AnomalyRules
@@ -41,10 +41,20 @@ from workers.sources.base import Batch, PriceRecord, SourceItem
 # Raw payloads are large JSON documents, written once and seldom read: lz4 (PostgreSQL 14+, when
 # the server has it) compresses them about twice as fast as the default pglz. For this
 # transaction only; setting the column's compression in a migration would make this unneeded.
-_RAW_COMPRESSION = (
-    "SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings"
+# A smaller document is never compressed (it stays in its row), so it needs no setting.
+_TOAST_THRESHOLD = 2_000
+_HAS_LZ4 = (
+    "SELECT count(*) FROM pg_settings"
     " WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)"
 )
+
+
+async def _has_lz4(conn: AsyncConnection) -> bool:
+    """Whether the server compresses with lz4: asked once per database connection."""
+    info = conn.info
+    if "kasparro_lz4" not in info:
+        info["kasparro_lz4"] = bool(await conn.scalar(text(_HAS_LZ4)))
+    return bool(info["kasparro_lz4"])
 
 
 async def write_batch(
@@ -58,13 +68,18 @@ async def write_batch(
     resolver: IdentityResolver,
     serialized: Serialized | None = None,
     checks: AnomalyRules | None = None,
+    identities: dict[str, Resolved] | None = None,
+    lease: float | None = None,
 ) -> BatchOutcome:
     """Store the batch; return counts and the newly inserted prices (for publishing).
 
     `source` is the run's; the batch is stored under `batch.source` when it has one.
     `serialized` is `serialize(batch, parsed, ...)` made beforehand (made here when not given).
     PostgreSQL writes the prices from it alone, so with it `parsed` is read on SQLite only.
-    With `checks`, the prices inserted or changed are checked for anomalies.
+    With `checks`, the prices inserted or changed are checked for anomalies. `identities`:
+    the batch's coins already resolved in this transaction (`resolver` resolves them when not
+    given). With `lease`, the run's lease is renewed with its counters, or `LeaseLost` raised
+    when the run is no longer running (the caller's transaction must then roll back).
     """
     postgres = conn.dialect.name == "postgresql"
     if serialized is None or (postgres and serialized.staging is None):
@@ -73,7 +88,8 @@ async def write_batch(
     source = batch.source or source  # from here on: where the batch is stored
     raw_id = await _insert_raw(conn, run_id, source, batch, serialized) if batch.items else None
     if serialized.count:
-        identities = await resolver.resolve(conn, serialized.coins)
+        if identities is None:
+            identities = await resolver.resolve(conn, serialized.coins)
         merged: Merged
         if postgres:
             assert serialized.staging is not None
@@ -117,7 +133,8 @@ async def write_batch(
     await save_checkpoint(
         conn, source=source, stream=batch.stream, state=batch.checkpoint, run_id=run_id
     )
-    await add_to_run(conn, run_id, outcome)
+    if not await add_to_run(conn, run_id, outcome, lease=lease):
+        raise LeaseLost(f"run {run_id} of {source} is no longer running")
     return outcome
 
 
@@ -130,7 +147,8 @@ async def _insert_raw(
     if conn.dialect.name == "postgresql":  # the text is stored as it is, not serialized again
         document = f'{{"items":{serialized.raw_json}}}'
         payload = cast(bindparam("payload", document, type_=Text), JSONB)
-        await conn.execute(text(_RAW_COMPRESSION))
+        if len(document) >= _TOAST_THRESHOLD and await _has_lz4(conn):
+            await conn.execute(text("SET LOCAL default_toast_compression = lz4"))
     else:
         payload = {"items": [dict(item.payload) for item in batch.items]}
     raw_id = await conn.scalar(

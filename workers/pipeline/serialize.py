@@ -37,6 +37,20 @@ class Serialized:
     staging: Staging | None  # PostgreSQL: the staging rows of the records
 
 
+def coin_ref(source: str, record: PriceRecord) -> CoinRef:
+    """The coin of `record` as identity resolution reads it, with the record as an observation
+    of it (for market agreement)."""
+    return CoinRef(
+        source,
+        record.source_asset_id,
+        record.symbol,
+        record.name,
+        record.price_usd,
+        record.market_cap_usd,
+        record.observed_at,
+    )
+
+
 class Serializer:
     """Builds a batch's `Serialized` from its items in order, a chunk at a time (so that the
     thread doing it can let the event loop run between chunks)."""
@@ -56,15 +70,7 @@ class Serializer:
         coins = self._coins
         for _, r in parsed:
             if r.source_asset_id not in coins:
-                coins[r.source_asset_id] = CoinRef(
-                    self.source,
-                    r.source_asset_id,
-                    r.symbol,
-                    r.name,
-                    r.price_usd,  # an observation of the coin, for market agreement
-                    r.market_cap_usd,
-                    r.observed_at,
-                )
+                coins[r.source_asset_id] = coin_ref(self.source, r)
         if self._staging is not None:
             self._staging.add(parsed, self._count)
         self._count += len(parsed)

@@ -35,10 +35,10 @@ from server.queue import run_row
 from server.tables import etl_runs
 from workers.pipeline.checkpoints import load_checkpoints
 from workers.pipeline.identity import IdentityResolver
-from workers.pipeline.outcome import BatchOutcome
+from workers.pipeline.outcome import BatchOutcome, LeaseLost
 from workers.pipeline.runner import run_error
 from workers.pipeline.runs import finish_run
-from workers.pipeline.stream_load import LeaseLost, write_stream_batch
+from workers.pipeline.stream_load import write_stream_batch
 from workers.quality.anomalies import AnomalyRules
 from workers.runtime import Runtime
 from workers.sources.base import Batch, PriceRecord, RecordError, Source, SourceItem
