@@ -10,10 +10,14 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from server.broker import RedisBroker
 from server.broker.channels import PRICES_CHANNEL, publish
-from server.live.direct import DirectWriter
+from server.live.direct import DirectWriter, text_frame
 from server.tables import prices
 from tests.live.conftest import Stack
 from tests.support.live_server import serve_uvicorn
@@ -84,3 +88,17 @@ async def test_a_burst_reaches_a_client_in_a_few_writes(
 async def newest_id(stack: Stack) -> int:
     async with stack.engine.connect() as conn:
         return int(await conn.scalar(select(func.max(prices.c.id))) or 0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536, 200_000])
+def test_a_frame_made_by_hand_is_what_a_websockets_client_reads(size: int) -> None:
+    # Every length encoding of RFC 6455 (7 bits, 16 bits, 64 bits) and their edges, with a
+    # multi-byte character so that bytes and characters differ.
+    client = ClientProtocol(parse_uri("ws://127.0.0.1/graphql"), state=State.OPEN, max_size=None)
+    text = ("é" * size)[: max(size - size // 2, 0)] + "x" * (size // 2)
+    client.receive_data(text_frame(text.encode()))
+    events = client.events_received()
+    assert [(type(e), e.opcode, e.fin, e.data.decode()) for e in events] == [
+        (Frame, Opcode.TEXT, True, text)
+    ]
+    assert client.parser_exc is None
