@@ -13,9 +13,11 @@ transaction:
 
 - an insert merges the new observations into their minute, hour and day rows (an upsert whose
   update is the merge above: nothing is read back from `prices`);
-- an update that changes a value, time, asset or source recomputes the buckets it left and the
-  ones it entered: the minute from its prices (one index range each), the hour from its minutes,
-  the day from its hours. A correction can lower a high, which no merge could undo.
+- an update that changes a value, time, asset or source, or the id (the streams give a grown
+  observation a new id, to re-announce it), recomputes the buckets it left and the ones it
+  entered: the minute from its prices (one index range each), the hour from its minutes, the day
+  from its hours. A correction can lower a high, which no merge could undo; a row keeps the ids
+  of its picks, which a renumbering changes.
 - a delete leaves them: retention drops old prices and keeps their candles. Prices removed for
   another reason take their roll-ups along only with their asset (the foreign key cascades).
 
@@ -29,8 +31,9 @@ of thousands of rows costs one aggregate); SQLite, whose triggers are per row, t
 inserted row. Buckets are computed exactly as the candle query computes them: floor of epoch
 seconds on PostgreSQL, SQLite's integer division of strftime('%s').
 
-This is the SQL as of revision 20261207_0012. A later migration that rebuilds `prices` (SQLite's
-batch mode copies the table, which drops its triggers) calls `create_triggers` again.
+This is the SQL as of revision 20261207_0013, which re-created the triggers of 20261207_0012 to
+follow renumbered prices. A later migration that rebuilds `prices` (SQLite's batch mode copies
+the table, which drops its triggers) or changes this SQL calls `create_triggers` again.
 """
 
 # Every statement here is built from this module's own names and numbers: no outside value.
@@ -250,6 +253,34 @@ def backfill(dialect: Dialect) -> list[str]:
     return statements
 
 
+def renamed_picks() -> list[str]:
+    """Statements that give each roll-up pick the id its price has now, where the price at
+    the pick's (asset, source, time) has another id: what triggers that did not follow a
+    renumbering left behind. Only the id can be wrong: a bucket holds one price per time, so
+    which price a pick names never depends on ids, and a renumbering changes nothing else.
+    Picks whose price is gone (retention keeps the candles of the prices it drops) stay.
+    Only the roll-ups of sources that have streamed (a run triggered by "stream") are looked at:
+    nothing else renumbers, and a database that never streamed costs nothing."""
+    statements = []
+    for table in (level.table for level in LEVELS):
+        for field in PICKED:
+            same = (
+                f"p.asset_id = {table}.asset_id AND p.source = {table}.source "
+                f"AND p.observed_at = {table}.{field}_at"
+            )
+            statements.append(
+                f"UPDATE {table} SET {field}_id = (SELECT p.id FROM prices AS p WHERE {same}) "
+                f"WHERE {table}.source IN ({_STREAMED}) "
+                f"AND EXISTS (SELECT 1 FROM prices AS p WHERE {same} "
+                f"AND p.id <> {table}.{field}_id)"
+            )
+    return statements
+
+
+# The sources whose prices a stream may have renumbered (workers.streams.lease.STREAM_TRIGGER).
+_STREAMED = "SELECT DISTINCT source FROM etl_runs WHERE trigger = 'stream'"
+
+
 # ---- PostgreSQL: statement-level triggers over the transition tables ----
 
 
@@ -269,28 +300,22 @@ def _pg_inserted(dialect: Dialect) -> str:
     )
 
 
-def _pg_changed(columns: str) -> str:
-    """`columns` of the updated rows whose watched values changed, old (o) beside new (n)."""
-    old = ", ".join(f"o.{name}" for name in WATCHED)
-    new = ", ".join(f"n.{name}" for name in WATCHED)
-    return (
-        f"SELECT {columns} FROM before_rows AS o JOIN after_rows AS n USING (id) "
-        f"WHERE ({old}) IS DISTINCT FROM ({new})"
-    )
+def _pg_changed() -> str:
+    """The updated rows, as (id, watched columns...), whose id or watched values changed: the
+    old ones (the buckets they left) beside the new ones (the buckets they entered). A row
+    given a new id (a stream re-announcing a grown observation) is among them: the roll-ups
+    name it by its id. The symmetric difference of the two transition tables, so NULLs compare
+    equal and no join on an id that may have changed is needed."""
+    columns = ", ".join(("id", *WATCHED))
+    left = f"SELECT {columns} FROM before_rows EXCEPT SELECT {columns} FROM after_rows"
+    entered = f"SELECT {columns} FROM after_rows EXCEPT SELECT {columns} FROM before_rows"
+    return f"({left}) UNION ALL ({entered})"
 
 
 def _pg_touched(dialect: Dialect, width: int) -> str:
     """The buckets of `width` (asset_id, source, bucket) that the updated rows left or entered."""
-    changed = _pg_changed(
-        "o.asset_id AS a0, o.source AS s0, o.observed_at AS t0, "
-        "n.asset_id AS a1, n.source AS s1, n.observed_at AS t1"
-    )
-    b0 = dialect.floor(dialect.epoch("t0"), width)
-    b1 = dialect.floor(dialect.epoch("t1"), width)
-    return (
-        f"SELECT a0 AS asset_id, s0 AS source, {b0} AS bucket FROM ({changed}) AS c0 "
-        f"UNION SELECT a1, s1, {b1} FROM ({changed}) AS c1"
-    )
+    bucket = dialect.floor(dialect.epoch("c.observed_at"), width)
+    return f"SELECT DISTINCT c.asset_id, c.source, {bucket} AS bucket FROM ({_pg_changed()}) AS c"
 
 
 def _inside(dialect: Dialect, width: int, finer: Level | None) -> str:
@@ -359,9 +384,13 @@ def _pg_function(name: str, statements: list[str], unless: str = "") -> str:
 def _pg_create(dialect: Dialect) -> list[str]:
     return [
         _pg_function(_PG_INSERT_FUNCTION, [_pg_inserted(dialect)]),
-        # Updates of other columns (provenance, a stream's quote) cost one join of the
-        # transition tables.
-        _pg_function(_PG_UPDATE_FUNCTION, _pg_updated(dialect), unless=_pg_changed("1")),
+        # Updates of other columns only (provenance, a stream's quote) cost two hashed EXCEPTs
+        # of the transition tables, and stop there.
+        _pg_function(
+            _PG_UPDATE_FUNCTION,
+            _pg_updated(dialect),
+            unless=f"SELECT 1 FROM ({_pg_changed()}) AS c",
+        ),
         f"CREATE TRIGGER {_INSERT_TRIGGER} AFTER INSERT ON prices "
         f"REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION "
         f"{_PG_INSERT_FUNCTION}()",
@@ -410,12 +439,14 @@ def _sqlite_trigger(name: str, event: str, statements: list[str], when: str = ""
 
 
 def _sqlite_create(dialect: Dialect) -> list[str]:
-    changed = " OR ".join(f"OLD.{name} IS NOT NEW.{name}" for name in WATCHED)
+    # The id too: a renumbered price (a stream re-announcing it) is named by its new id.
+    watched = ("id", *WATCHED)
+    changed = " OR ".join(f"OLD.{name} IS NOT NEW.{name}" for name in watched)
     return [
         _sqlite_trigger(_INSERT_TRIGGER, "INSERT", _sqlite_inserted(dialect)),
         _sqlite_trigger(
             _UPDATE_TRIGGER,
-            f"UPDATE OF {', '.join(WATCHED)}",
+            f"UPDATE OF {', '.join(watched)}",
             _sqlite_updated(dialect),
             changed,
         ),
@@ -434,6 +465,11 @@ def _run(connection: Connection, statements: list[str]) -> None:
 def fill(connection: Connection) -> None:
     """Back-fill the (empty) roll-ups from the stored prices."""
     _run(connection, backfill(Dialect(connection.dialect.name)))
+
+
+def rename_picks(connection: Connection) -> None:
+    """Give every roll-up pick the id its price has now (`renamed_picks`)."""
+    _run(connection, renamed_picks())
 
 
 def create_triggers(connection: Connection) -> None:

@@ -1,5 +1,6 @@
 """The candle roll-ups as they should be, computed in Python from the stored prices: what the
-roll-up tests compare the tables with, row for row and digit for digit."""
+roll-up tests compare the tables with, row for row, digit for digit and id for id; and a price
+renumbered the way the streams do it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.tables import candles_day, candles_hour, candles_minute, prices
@@ -119,3 +120,21 @@ async def rollup_mismatches(conn: AsyncConnection) -> dict[str, tuple[list[Row],
         if stored != expected:
             wrong[table.name] = (stored, expected)
     return wrong
+
+
+def next_price_id() -> Any:
+    """PostgreSQL's next price id, as a column default would hand it out."""
+    return func.nextval(func.pg_get_serial_sequence("prices", "id"))
+
+
+async def renumber(conn: AsyncConnection, old: int, **also: Any) -> int:
+    """Give the price `old` a new id after every id handed out, as the streams do (SQLite:
+    max + 1), changing the columns `also` in the same statement; the new id."""
+    if conn.dialect.name == "sqlite":
+        new_id = select(func.max(prices.c.id) + 1).scalar_subquery()
+    else:
+        new_id = next_price_id()
+    statement = update(prices).where(prices.c.id == old).values(id=new_id, **also)
+    renumbered = await conn.scalar(statement.returning(prices.c.id))
+    assert renumbered is not None
+    return int(renumbered)

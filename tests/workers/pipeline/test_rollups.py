@@ -1,7 +1,9 @@
 """Property: after any sequence of committed batches through the load path (new prices, late
-ones, corrections of stored ones, repeats within a batch) and of plain UPDATEs of prices, every
-minute, hour and day roll-up row equals the aggregate of the raw prices under it, value for
-value and digit for digit (SQLite and PostgreSQL; the COPY merge and the SQLite upsert)."""
+ones, corrections of stored ones, repeats within a batch), of plain UPDATEs of prices and of
+renumberings (stored prices given new ids, as the streams re-announce a grown observation),
+every minute, hour and day roll-up row equals the aggregate of the raw prices under it, value
+for value, digit for digit and id for id (SQLite and PostgreSQL; the COPY merge and the SQLite
+upsert)."""
 
 from __future__ import annotations
 
@@ -9,15 +11,22 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.tables import candles_day, candles_hour, candles_minute, prices, raw_records
-from tests.support.candle_rollups import rollup_mismatches
+from server.tables import (
+    asset_aliases,
+    candles_day,
+    candles_hour,
+    candles_minute,
+    prices,
+    raw_records,
+)
+from tests.support.candle_rollups import next_price_id, renumber, rollup_mismatches
 from tests.support.seed import seed_run
 from workers.pipeline.identity import IdentityResolver
 from workers.pipeline.load import write_batch
@@ -96,13 +105,39 @@ corrections = st.builds(
     price=price,
     drop_range=st.booleans(),
 )
-steps = st.lists(
-    st.one_of(
-        st.tuples(st.sampled_from(["coingecko", "coinpaprika"]), st.lists(records, max_size=12)),
-        corrections,
+
+
+@dataclass(frozen=True)
+class Renumbering:
+    """New ids, after every id handed out, for the stored prices of one coin in a range of
+    minutes, the way the streams re-announce a grown observation; `also`: another column the
+    same statement changes, one the roll-ups ignore (extra) or one they show (price_usd)."""
+
+    coin: str
+    first_minute: int
+    minutes: int
+    also: Literal["nothing", "extra", "price"]
+    price: str
+
+
+renumberings = st.builds(
+    Renumbering,
+    coin=st.sampled_from(COINS),
+    # Wide ranges: a renumbering that finds no price tests nothing.
+    first_minute=st.integers(0, 150),
+    minutes=st.integers(30, 180),
+    also=st.sampled_from(["nothing", "extra", "price"]),
+    price=price,
+)
+sources = st.sampled_from(["coingecko", "coinpaprika"])
+# A sequence starts with a batch: a correction or renumbering of no price tests nothing.
+steps = st.builds(
+    lambda first, rest: [first, *rest],
+    st.tuples(sources, st.lists(records, min_size=1, max_size=12)),
+    st.lists(
+        st.one_of(st.tuples(sources, st.lists(records, max_size=12)), corrections, renumberings),
+        max_size=5,
     ),
-    min_size=1,
-    max_size=6,
 )
 
 
@@ -152,6 +187,26 @@ class Store:
                 .values(**values)
             )
 
+    async def renumber(self, step: Renumbering) -> None:
+        start = T0 + timedelta(minutes=step.first_minute)
+        coin = select(asset_aliases.c.asset_id).where(asset_aliases.c.source_asset_id == step.coin)
+        chosen = (
+            prices.c.asset_id.in_(coin),
+            prices.c.observed_at >= start,
+            prices.c.observed_at < start + timedelta(minutes=step.minutes),
+        )
+        also: dict[str, Any] = {}
+        if step.also == "extra":
+            also["extra"] = {"renumbered": True}
+        elif step.also == "price":
+            also["price_usd"] = Decimal(step.price)
+        async with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                for old in (await conn.scalars(select(prices.c.id).where(*chosen))).all():
+                    await renumber(conn, old, **also)
+            else:  # one statement for all of them
+                await conn.execute(update(prices).where(*chosen).values(id=next_price_id(), **also))
+
     async def mismatches(self) -> dict[str, Any]:
         async with self.engine.connect() as conn:
             return await rollup_mismatches(conn)
@@ -181,6 +236,8 @@ async def test_rollups_equal_the_raw_aggregate_after_any_writes(engine: AsyncEng
         for step in steps:
             if isinstance(step, Correction):
                 run(store.correct(step))
+            elif isinstance(step, Renumbering):
+                run(store.renumber(step))
             else:
                 run(store.batch(*step))
             assert run(store.mismatches()) == {}
@@ -209,4 +266,33 @@ async def test_a_correction_that_lowers_the_high_lowers_every_resolution(
             for table in (candles_minute, candles_hour, candles_day)
         ]
     assert [tuple(map(str, row)) for row in highs] == [("2", "1.5", "1.5")] * 3
+    assert await store.mismatches() == {}
+
+
+async def test_a_renumbered_close_is_named_by_its_new_id_at_every_resolution(
+    engine: AsyncEngine,
+) -> None:
+    started = datetime(2024, 5, 1, tzinfo=UTC)
+    run_id = await seed_run(engine, source="coingecko", status="running", started_at=started)
+    store = Store(engine, {"coingecko": run_id})
+    await store.batch(
+        "coingecko",
+        [
+            Record("bitcoin", second, p, None, None, None, "3")
+            for second, p in ((0, "2"), (20, "10"))
+        ],
+    )
+    async with engine.begin() as conn:
+        latest = select(prices.c.id).order_by(prices.c.observed_at.desc()).limit(1)
+        close = await conn.scalar(latest)
+        assert close is not None
+        new_id = await renumber(conn, close)
+
+    async with engine.connect() as conn:
+        found = [
+            (await conn.execute(select(table.c.close_id, table.c.volume_id))).one()
+            for table in (candles_minute, candles_hour, candles_day)
+        ]
+    assert new_id != close
+    assert [tuple(row) for row in found] == [(new_id, new_id)] * 3
     assert await store.mismatches() == {}
