@@ -12,9 +12,10 @@ their id, as before.
 The downgrade re-creates the triggers from the same SQL (the module keeps the current SQL
 only); they suit 20261207_0012's schema as well, and the repaired ids are right under either.
 
-Time: one probe of the prices' (asset, source, time) index per roll-up row and pick, the
-minutes' included (about a third as many rows as prices); no rows are written but the stale
-ones. Writes of prices wait meanwhile.
+Time: only the roll-ups of sources that have streamed are looked at (nothing else renumbers):
+one probe of the prices' (asset, source, time) index per such roll-up row and pick; no rows
+are written but the stale ones. A database that never streamed upgrades at once. Writes of
+prices wait meanwhile.
 
 Revision ID: 20261207_0013
 Revises: 20261207_0012
