@@ -70,6 +70,7 @@ async def write_batch(
     checks: AnomalyRules | None = None,
     identities: dict[str, Resolved] | None = None,
     lease: float | None = None,
+    renumber: bool = False,
 ) -> BatchOutcome:
     """Store the batch; return counts and the newly inserted prices (for publishing).
 
@@ -80,6 +81,8 @@ async def write_batch(
     the batch's coins already resolved in this transaction (`resolver` resolves them when not
     given). With `lease`, the run's lease is renewed with its counters, or `LeaseLost` raised
     when the run is no longer running (the caller's transaction must then roll back).
+    `renumber` (a stream, on PostgreSQL): a stored price that changes takes a new id and is
+    announced as new (`postgres_copy`); the caller renumbers on SQLite.
     """
     postgres = conn.dialect.name == "postgresql"
     if serialized is None or (postgres and serialized.staging is None):
@@ -102,6 +105,7 @@ async def write_batch(
                 count=serialized.count,
                 identities=identities,
                 checks=checks,
+                renumber=renumber,
             )
         else:
             merged = await sqlite_upsert.upsert_prices(
@@ -179,11 +183,14 @@ def _count_merged(
     for row in merged.rows:
         written.append(row.written)
         price_id, asset_id = row.written[0], row.written[1]
-        if price_id <= merged.max_before:
+        if row.renumbered:
+            outcome.updated += 1  # and announced under its new id, below
+        elif price_id <= merged.max_before:
             outcome.updated += 1
             outcome.updated_ids.append(price_id)
             continue
-        outcome.inserted += 1
+        else:
+            outcome.inserted += 1
         outcome.new_prices.append(
             {
                 "id": price_id,

@@ -29,6 +29,8 @@ class MergedRow(NamedTuple):
     price_usd: str
     market_cap_usd: str | None
     volume_24h_usd: str | None
+    # A stored row given a new id (a stream's merge): changed, and announced as new.
+    renumbered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,13 +47,13 @@ CREATE TEMP TABLE IF NOT EXISTS kasparro_price_stage (
     high_usd text, low_usd text, extra text, origin text
 ) ON COMMIT DELETE ROWS
 """
-_MERGE = """
+_MERGE_TEMPLATE = """
 INSERT INTO prices AS p (asset_id, source, observed_at, price_usd, market_cap_usd, volume_24h_usd,
                          open_usd, high_usd, low_usd, extra, run_id, raw_record_id, origin,
-                         ingested_at)
+                         ingested_at{quote_column})
 SELECT m.asset_id, $1, s.observed_at, s.price_usd::numeric, s.market_cap_usd::numeric,
        s.volume_24h_usd::numeric, s.open_usd::numeric, s.high_usd::numeric, s.low_usd::numeric,
-       s.extra::jsonb, $2, $3, s.origin, $4
+       s.extra::jsonb, $2, $3, s.origin, $4{quote_value}
 FROM kasparro_price_stage AS s
 JOIN unnest($5::text[], $6::integer[]) AS m (source_asset_id, asset_id) USING (source_asset_id)
 ORDER BY s.ord
@@ -62,12 +62,30 @@ ON CONFLICT (asset_id, source, observed_at) DO UPDATE SET
     volume_24h_usd = excluded.volume_24h_usd, open_usd = excluded.open_usd,
     high_usd = excluded.high_usd, low_usd = excluded.low_usd, extra = excluded.extra,
     run_id = excluded.run_id, raw_record_id = excluded.raw_record_id, origin = excluded.origin,
-    updated_at = $4
-WHERE (p.price_usd, p.market_cap_usd, p.volume_24h_usd, p.open_usd, p.high_usd, p.low_usd)
+    updated_at = $4{renumber_set}
+WHERE (p.price_usd, p.market_cap_usd, p.volume_24h_usd, p.open_usd, p.high_usd, p.low_usd{old})
       IS DISTINCT FROM (excluded.price_usd, excluded.market_cap_usd, excluded.volume_24h_usd,
-                        excluded.open_usd, excluded.high_usd, excluded.low_usd)
-RETURNING p.id, p.asset_id, p.observed_at
+                        excluded.open_usd, excluded.high_usd, excluded.low_usd{new})
+RETURNING p.id, p.asset_id, p.observed_at, {renumbered}
 """
+# A batch's merge: a stored row is updated in place when one of its values changed.
+_MERGE = _MERGE_TEMPLATE.format(
+    quote_column="", quote_value="", renumber_set="", old="", new="", renumbered="false"
+)
+# A stream's merge (`renumber`): the quote (from the observation's extra) is written too, and a
+# stored row whose values or extra changed (a second that grew: more trades, more volume) takes
+# a new id, the next in ingestion order, so that it is announced again at the end of the order;
+# the last column says which rows were renumbered. The roll-up triggers see one update.
+_MERGE_RENUMBERING = _MERGE_TEMPLATE.format(
+    quote_column=", quote",
+    quote_value=", s.extra::jsonb ->> 'quote'",
+    renumber_set=(
+        ", quote = excluded.quote,\n    id = nextval(pg_get_serial_sequence('prices', 'id'))"
+    ),
+    old=", p.extra, p.quote",
+    new=", excluded.extra, excluded.quote",
+    renumbered="p.updated_at IS NOT DISTINCT FROM $4",
+)
 
 
 @dataclass(slots=True)
@@ -124,10 +142,12 @@ async def upsert_prices(
     count: int,
     identities: dict[str, Resolved],
     checks: AnomalyRules | None,
+    renumber: bool = False,
 ) -> Merged:
     """COPY the staging rows (made from the batch's `count` records) into the session's staging
     table, then merge them into prices with one statement. With `checks`, the report carries
-    what the anomaly checks need from before the merge."""
+    what the anomaly checks need from before the merge. With `renumber` (a stream), a stored
+    row that changes takes a new id (`_MERGE_RENUMBERING`), reported as `MergedRow.renumbered`."""
     asset_of = {coin: resolved.asset_id for coin, resolved in identities.items()}
     coin_of = {asset_id: coin for coin, asset_id in asset_of.items()}
     if len(coin_of) == len(asset_of):
@@ -154,14 +174,15 @@ async def upsert_prices(
         survey = await survey_prices(conn, source=source, spans=spans, rules=checks)
     max_before = await pg.fetchval("SELECT coalesce(max(id), 0) FROM prices")
     now = datetime.now(UTC)
+    statement = _MERGE_RENUMBERING if renumber else _MERGE
     written = await pg.fetch(
-        _MERGE, source, run_id, raw_id, now, list(asset_of), list(asset_of.values())
+        statement, source, run_id, raw_id, now, list(asset_of), list(asset_of.values())
     )
     merged: list[MergedRow] = []
-    for price_id, asset_id, observed_at in written:
+    for price_id, asset_id, observed_at, renumbered in written:
         row = rows[positions[key(asset_id, observed_at)]]
         written_price = (price_id, asset_id, observed_at, row[3])
-        merged.append(MergedRow(written_price, row[2], row[3], row[4], row[5]))
+        merged.append(MergedRow(written_price, row[2], row[3], row[4], row[5], renumbered))
     return Merged(count - len(rows), len(rows), max_before, merged, survey)
 
 

@@ -11,20 +11,21 @@ In the caller's transaction, in this order:
    counters (and whatever else the load path maintains per transaction). The run's lease is
    renewed with its counters, or the batch refused (`LeaseLost`, the transaction rolled back):
    only the process that owns the stream commits, even one that lost its lease unawares;
-4. one statement sets each observation's `quote` and merged `extra` (the price merge updates a
-   row only when a price column changed, and a trade at an unchanged price still adds volume),
-   and gives each stored observation that grew (a bucket already stored, with trades added) a
-   new id, the next in ingestion order, to be announced as a new price: a subscriber sees the
-   bucket's newest state once more, at the end of the order (`priceUpdates(after:)` replays
-   only that state), where an id kept in place would never reach it.
+4. each observation that grew (a bucket already stored, with trades added) takes a new id, the
+   next in ingestion order, and is announced as a new price: a subscriber sees the bucket's
+   newest state once more, at the end of the order (`priceUpdates(after:)` replays only that
+   state), where an id kept in place would never reach it. Each observation's `quote` is
+   stored, and its merged `extra` even when its price did not change (a trade at the same
+   price still adds volume). On PostgreSQL the price merge does all of it
+   (`postgres_copy`, `renumber`), and the renumbered prices' anomalies follow them in one more
+   statement; on SQLite, a statement per renumbered row.
 
-A commit is a dozen statements whatever the micro-batch holds (none per row): a stream commits
-several times a second, and its latency is what a live subscriber waits for.
+A commit on PostgreSQL is about ten statements whatever the micro-batch holds (none per row): a
+stream commits several times a second, and its latency is what a live subscriber waits for.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -45,28 +46,13 @@ __all__ = ["LeaseLost", "write_stream_batch"]
 
 Key = tuple[str, datetime]  # (source_asset_id, bucket start)
 
-# PostgreSQL: the quote and extra of every observation of the micro-batch, and a new id for
-# each that grew, in one statement; anomalies of a renumbered price follow it. Returns the
-# renumbered rows (old id, new id, what their event carries), in the order of their new ids.
-_FINISH = """
-WITH v AS (
-    SELECT * FROM unnest(:asset_ids ::integer[], :times ::timestamptz[], :quotes ::text[],
-                         :extras ::text[], :old_ids ::bigint[])
-        AS v (asset_id, observed_at, quote, extra, old_id)
-), moved AS (
-    UPDATE prices AS p
-    SET quote = v.quote, extra = v.extra::jsonb,
-        id = CASE WHEN v.old_id IS NULL THEN p.id
-                  ELSE nextval(pg_get_serial_sequence('prices', 'id')) END
-    FROM v
-    WHERE p.asset_id = v.asset_id AND p.source = :source AND p.observed_at = v.observed_at
-    RETURNING v.old_id, p.id, p.asset_id, p.observed_at, p.price_usd::text AS price_usd,
-              p.market_cap_usd::text AS market_cap_usd, p.volume_24h_usd::text AS volume_24h_usd
-), repointed AS (
-    UPDATE anomalies AS a SET price_id = moved.id FROM moved
-    WHERE a.price_id = moved.old_id AND moved.old_id IS NOT NULL
-)
-SELECT * FROM moved WHERE old_id IS NOT NULL ORDER BY id
+# PostgreSQL: the anomalies of renumbered prices follow them (matched by asset, source and time,
+# which a renumbering keeps; by the source's index, so a source without anomalies costs a probe).
+_REPOINT = """
+UPDATE anomalies AS a SET price_id = p.id
+FROM prices AS p
+WHERE a.source = :source AND a.price_id = ANY (:old_ids)
+  AND p.asset_id = a.asset_id AND p.source = a.source AND p.observed_at = a.observed_at
 """
 
 
@@ -104,13 +90,17 @@ async def write_stream_batch(
         checks=checks,
         identities=identities,
         lease=lease,
+        renumber=True,
     )
-    if merged:
-        old_ids = {key: price_id for key, (price_id, _) in stored.items()}
-        if conn.dialect.name == "postgresql":
-            await _finish(conn, source, merged, identities, old_ids, outcome)
-        else:
-            await _finish_sqlite(conn, source, merged, identities, old_ids, outcome)
+    if not merged:
+        return outcome
+    old_ids = {key: price_id for key, (price_id, _) in stored.items()}
+    if conn.dialect.name == "postgresql":  # the merge renumbered and wrote the quotes
+        if old_ids:
+            moved = {"source": source, "old_ids": list(old_ids.values())}
+            await conn.execute(text(_REPOINT), moved)
+    else:
+        await _finish_sqlite(conn, source, merged, identities, old_ids, outcome)
     return outcome
 
 
@@ -150,31 +140,6 @@ async def _stored(
     return found
 
 
-async def _finish(
-    conn: AsyncConnection,
-    source: str,
-    merged: list[tuple[SourceItem, PriceRecord]],
-    identities: dict[str, Resolved],
-    old_ids: dict[Key, int],
-    outcome: BatchOutcome,
-) -> None:
-    """PostgreSQL: the stream's columns and new ids in one statement (`_FINISH`)."""
-    records = [record for _, record in merged]
-    rows = await conn.execute(
-        text(_FINISH),
-        {
-            "source": source,
-            "asset_ids": [identities[r.source_asset_id].asset_id for r in records],
-            "times": [r.observed_at for r in records],
-            "quotes": [r.extra.get("quote") for r in records],
-            "extras": [json.dumps(r.extra) for r in records],
-            "old_ids": [old_ids.get((r.source_asset_id, r.observed_at)) for r in records],
-        },
-    )
-    symbols = {resolved.asset_id: resolved.symbol for resolved in identities.values()}
-    _announce(outcome, source, symbols, [row._asdict() for row in rows])
-
-
 async def _finish_sqlite(
     conn: AsyncConnection,
     source: str,
@@ -183,8 +148,10 @@ async def _finish_sqlite(
     old_ids: dict[Key, int],
     outcome: BatchOutcome,
 ) -> None:
-    """SQLite: the same as `_finish`, a statement a renumbered row (writes are serialised, and
-    SQLite hands out max(rowid) + 1 as the next id too)."""
+    """SQLite: each observation's quote and merged extra set, and each that grew given a new
+    id, a statement per renumbered row (writes are serialised, and SQLite hands out
+    max(rowid) + 1 as the next id too); its anomalies follow it. The renumbered rows move from
+    the outcome's changed ids to its new prices."""
     where = and_(
         prices.c.asset_id == bindparam("b_asset", type_=Integer()),
         prices.c.source == source,
