@@ -21,7 +21,7 @@ attributes differ) gets None from `DirectWriter.of` and the plain ASGI path is u
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.types import Send
 from websockets.protocol import State
@@ -61,11 +61,20 @@ class DirectWriter:
             return None
         return cls(protocol)
 
-    async def write(self, frames: Iterable[str]) -> None:
+    @property
+    def writable(self) -> bool:
+        """Whether a write goes out now: the transport's buffer is not full."""
+        return bool(self._protocol.writable.is_set())
+
+    async def write(self, frames: Iterable[Outgoing]) -> None:
         """Send `frames` as text messages, in order, with one write (waiting first while the
         transport's buffer is full, as the protocol's `send` does)."""
+        await self._protocol.writable.wait()
+        self.write_now(frames)
+
+    def write_now(self, frames: Iterable[Outgoing]) -> None:
+        """`write` without waiting: for when `writable` says the buffer has room."""
         protocol = self._protocol
-        await protocol.writable.wait()
         if (
             protocol.disconnected
             or protocol.close_sent
@@ -80,7 +89,7 @@ class DirectWriter:
         if conn.extensions:  # a negotiated extension (compression) frames each message itself
             try:
                 for frame in frames:
-                    conn.send_text(frame.encode())
+                    conn.send_text(frame.encode() if isinstance(frame, str) else joined(frame))
             except Exception as exc:  # websockets' InvalidState: the connection is closing
                 raise Gone from exc
             protocol.transport.write(b"".join(conn.data_to_send()))
@@ -88,16 +97,50 @@ class DirectWriter:
         # Control frames the connection queued (a pong, say) go first, then the messages.
         chunks = conn.data_to_send()
         for frame in frames:
-            chunks.append(text_frame(frame.encode()))
+            if isinstance(frame, str):
+                chunks.append(text_frame(frame.encode()))
+            else:
+                prefix, payload = frame
+                chunks += (header(len(prefix) + len(payload) + 1), prefix, payload, b"}")
         protocol.transport.write(b"".join(chunks))
 
 
-def text_frame(payload: bytes) -> bytes:
-    """One unfragmented, unmasked text frame (RFC 6455 section 5.2), as a server sends it:
-    FIN and opcode 1, then the payload length in 7, 7+16 or 7+64 bits."""
-    size = len(payload)
+class Wrapped(NamedTuple):
+    """A data message in two parts, `prefix + payload + "}"` in UTF-8: its subscriber's part
+    (the message id, encoded once per subscription) and the item's (encoded once for every
+    subscriber of a feed), so that a message costs no copy or encoding of its own."""
+
+    prefix: bytes
+    payload: bytes
+
+
+# What a connection's queue holds: a message as text, or a data message in parts.
+Outgoing = str | Wrapped
+
+
+def joined(frame: Wrapped) -> bytes:
+    """The message's text, encoded."""
+    return frame.prefix + frame.payload + b"}"
+
+
+def size_of(frame: Outgoing) -> int:
+    """The message's length: in characters (text), in bytes (parts); for the queue's bound."""
+    if isinstance(frame, str):
+        return len(frame)
+    return len(frame[0]) + len(frame[1]) + 1
+
+
+def header(size: int) -> bytes:
+    """The header of an unfragmented, unmasked text frame of `size` payload bytes (RFC 6455
+    section 5.2), as a server sends it: FIN and opcode 1, then the length in 7, 7+16 or 7+64
+    bits."""
     if size < 126:
-        return bytes((0x81, size)) + payload
+        return bytes((0x81, size))
     if size < 65_536:
-        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
+        return b"\x81\x7e" + size.to_bytes(2, "big")
+    return b"\x81\x7f" + size.to_bytes(8, "big")
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One text frame as a server sends it (`header`), of `payload`."""
+    return header(len(payload)) + payload

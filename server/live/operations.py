@@ -33,6 +33,7 @@ from schema.inputs import check_values
 from schema.live.hub import Subscriber
 from schema.live.streams import Item
 from server.errors import RateLimited, UserError, graphql_error
+from server.live.direct import Wrapped
 from server.live.execution import Request, RequestError, SelectionRenderer, root_field, sharing_key
 from server.ratelimit import limit_message, limiter_of, retry_after
 
@@ -43,7 +44,8 @@ log = structlog.get_logger(__name__)
 
 
 class WsSubscriber(Subscriber):
-    """A hub subscription that queues `<prefix><payload>}` frames on its connection."""
+    """A hub subscription that queues `<prefix><payload>}` frames on its connection: its prefix
+    encoded once, and each item's payload once for all the subscribers of its feed."""
 
     __slots__ = ("connection", "field", "id", "prefix", "task")
 
@@ -52,15 +54,29 @@ class WsSubscriber(Subscriber):
         self.connection = connection
         self.id = operation_id
         self.field = field
-        self.prefix = connection.protocol.data_prefix(operation_id)
+        self.prefix = connection.protocol.data_prefix(operation_id).encode()
         self.task: asyncio.Task[None] | None = None
 
     def push(self, item: Item, payload: str | None) -> None:
         assert payload is not None
-        self.connection.enqueue(self.prefix + payload + "}")
+        self.connection.enqueue(Wrapped(self.prefix, _encoded(payload)))
 
     def overflow(self, reason: str) -> None:
         self.connection.overflow(reason)
+
+
+# The payload last encoded: a feed pushes one rendered text to each of its subscribers in turn.
+_last_payload: tuple[str, bytes] = ("", b"")
+
+
+def _encoded(payload: str) -> bytes:
+    """`payload` in UTF-8, encoded once however many subscribers it goes to."""
+    global _last_payload
+    text, data = _last_payload
+    if text is not payload:
+        data = payload.encode()
+        _last_payload = (payload, data)
+    return data
 
 
 # What a connection runs: hub subscriptions, and tasks for everything Strawberry executes.
@@ -189,7 +205,7 @@ async def _replay(connection: Connection, sub: WsSubscriber) -> None:
         async for item in connection.hub.replayed(sub):
             payload = await feed.render(item)
             assert payload is not None
-            await connection.enqueue_when_drained(sub.prefix + payload + "}")
+            await connection.enqueue_when_drained(Wrapped(sub.prefix, payload.encode()))
     except Exception as exc:
         log.warning("replay failed", error=str(exc)[:200])
         if sub.id in connection.operations and not connection.closing:

@@ -17,7 +17,7 @@ from websockets.uri import parse_uri
 
 from server.broker import RedisBroker
 from server.broker.channels import PRICES_CHANNEL, publish
-from server.live.direct import DirectWriter, text_frame
+from server.live.direct import DirectWriter, Outgoing, text_frame
 from server.tables import prices
 from tests.live.conftest import Stack
 from tests.support.live_server import serve_uvicorn
@@ -31,14 +31,14 @@ async def test_a_burst_reaches_a_client_in_a_few_writes(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[int] = []
-    write = DirectWriter.write
+    write_now = DirectWriter.write_now  # every socket write, at once or after waiting
 
-    async def counted(self: DirectWriter, frames: Iterable[str]) -> None:
+    def counted(self: DirectWriter, frames: Iterable[Outgoing]) -> None:
         batch = list(frames)
         writes.append(len(batch))
-        await write(self, batch)
+        write_now(self, batch)
 
-    monkeypatch.setattr(DirectWriter, "write", counted)
+    monkeypatch.setattr(DirectWriter, "write_now", counted)
     btc = (await seed_assets(stack.engine, ("bitcoin", "BTC", "Bitcoin")))["bitcoin"]
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
     broker = RedisBroker(stack.redis.url)  # the workers' broker: the default channel prefix
