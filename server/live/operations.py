@@ -33,7 +33,6 @@ from schema.inputs import check_values
 from schema.live.hub import Subscriber
 from schema.live.streams import Item
 from server.errors import RateLimited, UserError, graphql_error
-from server.live.direct import Wrapped
 from server.live.execution import Request, RequestError, SelectionRenderer, root_field, sharing_key
 from server.ratelimit import limit_message, limiter_of, retry_after
 
@@ -59,7 +58,7 @@ class WsSubscriber(Subscriber):
 
     def push(self, item: Item, payload: str | None) -> None:
         assert payload is not None
-        self.connection.enqueue(Wrapped(self.prefix, _encoded(payload)))
+        self.connection.enqueue((self.prefix, _encoded(payload)))
 
     def overflow(self, reason: str) -> None:
         self.connection.overflow(reason)
@@ -205,7 +204,7 @@ async def _replay(connection: Connection, sub: WsSubscriber) -> None:
         async for item in connection.hub.replayed(sub):
             payload = await feed.render(item)
             assert payload is not None
-            await connection.enqueue_when_drained(Wrapped(sub.prefix, payload.encode()))
+            await connection.enqueue_when_drained((sub.prefix, payload.encode()))
     except Exception as exc:
         log.warning("replay failed", error=str(exc)[:200])
         if sub.id in connection.operations and not connection.closing:
