@@ -78,7 +78,7 @@ class BoundedWriter:
         """Queue one frame without waiting; past the bound, the client is closed as too slow."""
         if self.closing:
             return
-        size = len(frame) if type(frame) is str else len(frame[0]) + len(frame[1]) + 1
+        size = size_of(frame)
         if self.queued_bytes + size > self.max_bytes:
             self.overflow(f"more than {self.max_bytes} bytes of messages were waiting")
             return
@@ -222,6 +222,6 @@ class BoundedWriter:
                 break
             queue.popleft()
             batch.append(frame)
-            size += len(frame) if type(frame) is str else len(frame[0]) + len(frame[1]) + 1
+            size += size_of(frame)
         self.queued_bytes -= size
         return batch

@@ -36,13 +36,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from server.tables import anomalies, prices
 from workers.pipeline.identity import IdentityResolver, Resolved
 from workers.pipeline.load import write_batch
-from workers.pipeline.outcome import BatchOutcome, LeaseLost
+from workers.pipeline.outcome import BatchOutcome
 from workers.pipeline.resolution import Bucket, Stored, aggregate, merge
 from workers.pipeline.serialize import coin_ref
 from workers.quality.anomalies import AnomalyRules
 from workers.sources.base import Batch, PriceRecord, SourceItem
-
-__all__ = ["LeaseLost", "write_stream_batch"]
 
 Key = tuple[str, datetime]  # (source_asset_id, bucket start)
 
