@@ -13,7 +13,7 @@ import base64
 import binascii
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -384,9 +384,15 @@ class Part:
 
 
 def page_statement(
-    query: Select[Any], keyset: Keyset, page: PageArgs, *, parts: Sequence[Part] = ()
+    query: Select[Any],
+    keyset: Keyset,
+    page: PageArgs,
+    *,
+    parts: Sequence[Part] = (),
+    limit: int | None = None,
 ) -> Select[Any]:
-    """The one statement that reads a page: `size + 1` rows past the cursors, in page order.
+    """The one statement that reads a page: `size + 1` rows past the cursors (or `limit`), in
+    page order.
 
     `parts`, when given, are disjoint and together are `query`'s rows (with the columns the
     page needs). Several are each read `size + 1` rows deep and merged (UNION ALL, then ORDER
@@ -395,6 +401,7 @@ def page_statement(
     """
     after = keyset.decode(page.after) if page.after else None
     before = keyset.decode(page.before) if page.before else None
+    rows = page.size + 1 if limit is None else limit
 
     def bounded(part: Part) -> Select[Any]:
         select_ = part.select
@@ -403,7 +410,7 @@ def page_statement(
         if before is not None:
             select_ = select_.where(keyset.beyond(before, forward=False))
         order = keyset.order(reverse=page.backwards, columns=[*part.fixed, *keyset.columns])
-        return select_.order_by(*order).limit(page.size + 1)
+        return select_.order_by(*order).limit(rows)
 
     if len(parts) <= 1:
         return bounded(parts[0] if parts else Part(query))
@@ -412,7 +419,7 @@ def page_statement(
     merged = union_all(*(select(*branch.c) for branch in branches)).subquery("page")
     own = [merged.c[str(column.key)] for column in keyset.columns]
     ordered = select(*merged.c).order_by(*keyset.order(reverse=page.backwards, columns=own))
-    return ordered.limit(page.size + 1)
+    return ordered.limit(rows)
 
 
 async def fetch_page(
@@ -423,10 +430,13 @@ async def fetch_page(
     key_of: Callable[[Any], Sequence[Any]],
     *,
     parts: Sequence[Part] = (),
+    slices: Iterable[Sequence[Part]] | None = None,
     need_has_next: bool = True,
     need_has_previous: bool = True,
 ) -> Page:
-    """One page of `query` (already filtered) in `keyset` order, in one statement.
+    """One page of `query` (already filtered) in `keyset` order, in one statement (or one per
+    slice: `slices`, groups of parts that split `query`'s rows in the order the page reads
+    them, each group's rows all before the next group's, read in turn until the page is full).
 
     pageInfo is exact; the flag on the far side of a cursor costs one EXISTS, run only when
     asked for (`need_has_next`, `need_has_previous`; a flag not asked for may be False). The
@@ -436,8 +446,12 @@ async def fetch_page(
     before = keyset.decode(page.before) if page.before else None
     size = page.size
     rows: list[Any] = []
-    if size > 0:
-        rows = list((await conn.execute(page_statement(query, keyset, page, parts=parts))).all())
+    for group in (slices if slices is not None else [parts]) if size > 0 else ():
+        limit = size + 1 - len(rows)
+        statement = page_statement(query, keyset, page, parts=group, limit=limit)
+        rows += (await conn.execute(statement)).all()
+        if len(rows) > size:
+            break
     more = len(rows) > size
     rows = rows[:size]
     if page.backwards:

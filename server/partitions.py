@@ -188,6 +188,30 @@ async def partitions(conn: AsyncConnection, table: str) -> list[Partition]:
     return sorted(found, key=lambda p: (p.is_default, p.lower or far))
 
 
+_EDGES = """
+    SELECT ARRAY(SELECT pg_get_expr(c.relpartbound, c.oid)
+                 FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = CAST(:table AS regclass)) AS bounds,
+           (SELECT min({column}) FROM {table}) AS oldest,
+           (SELECT max({column}) FROM {table}) AS newest
+"""
+
+
+async def time_edges(
+    conn: AsyncConnection, table: str
+) -> tuple[list[datetime], datetime | None, datetime | None]:
+    """Where `table`'s children start and end (DEFAULT aside), sorted and distinct, and the
+    oldest and newest time it holds, in one statement; no edges on SQLite or for a table
+    without partitions. Read in any session time zone, without a transaction of its own: each
+    bound's text carries its offset."""
+    if conn.dialect.name != "postgresql":
+        return [], None, None
+    statement = text(_EDGES.format(column=PARTITIONED[table], table=table))
+    bounds, oldest, newest = (await conn.execute(statement, {"table": table})).one()
+    edges = {moment for bound in bounds for moment in _bounds(bound) if moment is not None}
+    return sorted(edges), oldest, newest
+
+
 def _bounds(bound: str) -> tuple[datetime | None, datetime | None]:
     """FOR VALUES FROM ('2026-12-01 00:00:00+00') TO ('2027-01-01 00:00:00+00'), or DEFAULT."""
     if bound == "DEFAULT":

@@ -122,6 +122,7 @@ class PriceCache:
         self._max_backlog = max_backlog
         self._latest: dict[int, dict[str, PriceRow]] = {}
         self._sorted: list[PriceRow] | None = None
+        self._newest: datetime | None = None
         self._names: dict[int, AssetName] = {}
         self._by_symbol: dict[str, set[int]] = {}
         self._windows: OrderedDict[WindowKey, CandleWindow] = OrderedDict()
@@ -235,6 +236,7 @@ class PriceCache:
             names = (await conn.execute(select(assets.c.id, assets.c.symbol, assets.c.slug))).all()
         self._latest = {}
         self._sorted = None
+        self._newest = None
         self._names = {}
         self._by_symbol = {}
         for name in names:
@@ -275,6 +277,8 @@ class PriceCache:
         if current is None or row.observed_at >= current.observed_at:
             by_source[row.source] = row
             self._sorted = None
+            if self._newest is not None and row.observed_at > self._newest:
+                self._newest = row.observed_at
         observation = Observation.of(row)
         # Windows of its source, of its source's family (csv for csv:yahoo) and of all sources.
         sources = {row.source, family_of(row.source), None}
@@ -313,6 +317,21 @@ class PriceCache:
             return None
         by_source = self._latest.get(asset_id, {})
         return [by_source[source] for source in sorted(by_source)]
+
+    def newest(self, asset_ids: Collection[int] | None = None) -> datetime | None:
+        """The newest observation time among these assets' newest prices (all assets' for
+        None); None when not ready or none of them is known here."""
+        if not self._ready:
+            return None
+        if asset_ids is None:
+            if self._newest is None:
+                self._newest = max(
+                    (r.observed_at for s in self._latest.values() for r in s.values()),
+                    default=None,
+                )
+            return self._newest
+        times = [r.observed_at for i in asset_ids for r in self._latest.get(i, {}).values()]
+        return max(times, default=None)
 
     def asset_ids(self, symbols: Collection[str]) -> dict[str, set[int]] | None:
         """The assets of each symbol known here (case-insensitive), by upper-cased symbol;

@@ -12,7 +12,7 @@ UNION ALL (`schema.pagination.page_statement`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from itertools import product
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ from schema.pagination import (
     parse_time,
     pinned,
 )
+from schema.prices.slices import EDGES, NONE, WHOLE, Edges, Slice, read_start, slices
 from schema.prices.types import PriceOrder
 from server.errors import UnknownSource, UserError
 from server.source_names import families_in, is_dataset_source, known_sources, selects
@@ -199,6 +200,18 @@ def _inline(at: datetime) -> BindParameter[datetime]:
     return bindparam(None, at, type_=prices.c.observed_at.type, literal_execute=True)
 
 
+def _sliced(slice_: Slice) -> list[ColumnElement[bool]]:
+    """A slice's bounds (schema.prices.slices) as bound parameters: the partitions outside
+    them are pruned by value, in a plan for the values or a generic one alike, and the page
+    keeps the indexes and order it has without them."""
+    conditions = []
+    if slice_.lower is not None:
+        conditions.append(prices.c.observed_at >= literal(slice_.lower, prices.c.observed_at.type))
+    if slice_.upper is not None:
+        conditions.append(prices.c.observed_at < literal(slice_.upper, prices.c.observed_at.type))
+    return conditions
+
+
 def _filters(
     *,
     asset_ids: Collection[int] | None,
@@ -223,6 +236,7 @@ def _branch(
     from_: datetime | None,
     to: datetime | None,
     by_id: bool,
+    slice_: Slice = WHOLE,
 ) -> Part:
     """The prices of one asset and/or one source, read from an index led by the asset when
     given, else by the source: by time (asset_id, observed_at, id), with the source the unique
@@ -238,6 +252,7 @@ def _branch(
         # (asset_id, source, observed_at) looking "sorted by asset" and the planner, which
         # takes the asset for one of many values there, would read the window and sort it.
         conditions.append(prices.c.asset_id == asset_id)
+    conditions += _sliced(slice_)
     if source is None:
         return Part(selected.where(*conditions), fixed)
     if asset_id is None:
@@ -262,10 +277,11 @@ def price_scope(
     order_by: PriceOrder,
     columns: Collection[str],
     numbers_as_text: bool = False,
+    slice_: Slice = WHOLE,
 ) -> tuple[Select[Any], list[Part]]:
-    """(every matching price's id, as one select; the same prices selecting `columns`, as
-    parts of one asset and/or one source each, to be read in `order_by`). `sources` are
-    lower-case names."""
+    """(every matching price's id, as one select; the same prices within `slice_` selecting
+    `columns`, as parts of one asset and/or one source each, to be read in `order_by`).
+    `sources` are lower-case names."""
     if _matches_nothing(asset_ids, sources):
         raise ValueError("no asset or no source: the page is empty, there is nothing to select")
     whole = _filters(asset_ids=asset_ids, sources=sources, from_=from_, to=to)
@@ -275,10 +291,10 @@ def price_scope(
     branches = list(product(ids, names))
     by_id = len(KEYSETS[order_by].columns) == 1
     if len(branches) > MAX_BRANCHES:
-        parts = [Part(selected.where(*whole))]
+        parts = [Part(selected.where(*whole, *_sliced(slice_)))]
     else:
         parts = [
-            _branch(selected, asset_id=a, source=s, from_=from_, to=to, by_id=by_id)
+            _branch(selected, asset_id=a, source=s, from_=from_, to=to, by_id=by_id, slice_=slice_)
             for a, s in branches
         ]
     return select(prices.c.id).where(*whole), parts
@@ -308,9 +324,12 @@ def price_page_statement(
     order_by: PriceOrder,
     columns: Collection[str],
     numbers_as_text: bool = False,
+    slice_: Slice = WHOLE,
+    limit: int | None = None,
 ) -> Select[Any]:
-    """The statement `price_page` reads its rows with (for EXPLAIN and tests); with
-    `numbers_as_text`, NUMERIC columns as PostgreSQL's text of them."""
+    """The statement `price_page` reads its rows with, in one slice of time (for EXPLAIN and
+    tests); with `numbers_as_text`, NUMERIC columns as PostgreSQL's text of them. `limit`:
+    how many rows it reads (the page's size + 1)."""
     query, parts = price_scope(
         asset_ids=asset_ids,
         sources=sources,
@@ -319,8 +338,50 @@ def price_page_statement(
         order_by=order_by,
         columns=columns,
         numbers_as_text=numbers_as_text,
+        slice_=slice_,
     )
-    return page_statement(query, KEYSETS[order_by], page, parts=parts)
+    return page_statement(query, KEYSETS[order_by], page, parts=parts, limit=limit)
+
+
+def page_slices(
+    edges: Edges,
+    *,
+    page: PageArgs,
+    order_by: PriceOrder,
+    from_: datetime | None,
+    to: datetime | None,
+    newest: datetime | None,
+) -> Iterable[Slice]:
+    """The slices of time a page reads, in order (schema.prices.slices): the whole table for
+    a page by id, or without partition edges. `newest`: the newest price of the page's assets,
+    when known."""
+    keyset = KEYSETS[order_by]
+    if len(keyset.columns) != 2 or not edges.edges:
+        return [WHOLE]
+    cursor = page.before if page.backwards else page.after
+    descending = keyset.descending != page.backwards
+    start = read_start(
+        descending=descending,
+        cursor_time=keyset.decode(cursor)[0] if cursor else None,
+        from_=from_,
+        to=to,
+        newest=newest or edges.newest,
+    )
+    return slices(
+        edges.edges,
+        start,
+        descending=descending,
+        floor=_latest(from_, edges.oldest),
+        ceiling=_earliest(to, edges.newest),
+    )
+
+
+def _latest(*moments: datetime | None) -> datetime | None:
+    return max((m for m in moments if m is not None), default=None)
+
+
+def _earliest(*moments: datetime | None) -> datetime | None:
+    return min((m for m in moments if m is not None), default=None)
 
 
 def _time_key(row: Any) -> tuple[Any, ...]:
@@ -348,6 +409,7 @@ async def price_page(
     columns: Collection[str],
     need_has_next: bool,
     need_has_previous: bool,
+    newest: datetime | None = None,
 ) -> Page:
     """One page of prices: rows named like `prices` columns (and "symbol"), in page order.
 
@@ -357,6 +419,8 @@ async def price_page(
     Checked here: `sources` (UnknownSource), `from_` < `to` (`to` exclusive)
     and the cursors. `columns` adds to the keys, always read. One statement reads the rows; a
     pageInfo flag on a cursor's far side costs one EXISTS, computed only when `need_*` says so.
+    On a partitioned table a page by time is read slice by slice (`page_slices`), from
+    `newest` (the newest price of its assets, when known) if it has no cursor.
     """
     names = validate_sources(sources)
     check_window(from_, to)
@@ -371,16 +435,28 @@ async def price_page(
                 has_next_page=False, has_previous_page=False, start_cursor=None, end_cursor=None
             ),
         )
-    query, parts = price_scope(
-        asset_ids=asset_ids, sources=names, from_=from_, to=to, order_by=order_by, columns=columns
-    )
+    edges = await EDGES.edges(conn) if len(keyset.columns) == 2 and page.size > 0 else NONE
+    pieces = page_slices(edges, page=page, order_by=order_by, from_=from_, to=to, newest=newest)
+
+    def scope(slice_: Slice) -> tuple[Select[Any], list[Part]]:
+        return price_scope(
+            asset_ids=asset_ids,
+            sources=names,
+            from_=from_,
+            to=to,
+            order_by=order_by,
+            columns=columns,
+            slice_=slice_,
+        )
+
+    query = scope(WHOLE)[0]
     return await fetch_page(
         conn,
         query,
         keyset,
         page,
         key_of(order_by),
-        parts=parts,
+        slices=(scope(slice_)[1] for slice_ in pieces),
         need_has_next=need_has_next,
         need_has_previous=need_has_previous,
     )

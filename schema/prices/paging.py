@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schema.compiled.render import Rendering
 from schema.compiled.sql import Prepared, Unpreparable
@@ -24,14 +25,19 @@ from schema.prices.page import (
     KEYSETS,
     check_window,
     expand_sources,
+    page_slices,
     price_count,
     price_page,
     price_page_statement,
     resolve_asset_ids,
     validate_sources,
 )
+from schema.prices.slices import EDGES, NONE, WHOLE, Slice
 from schema.prices.types import PriceOrder
 from server.db import read_engine
+
+if TYPE_CHECKING:
+    from schema.prices.cache import PriceCache
 
 DEFAULT_ORDER = PriceOrder.OBSERVED_AT_DESC
 
@@ -70,12 +76,14 @@ async def load_price_page(context: Any, kwargs: dict[str, Any], rendering: Rende
         far_side = (need_previous and page.after and not page.backwards) or (
             need_next and page.before and page.backwards
         )
-        prepared = None
+        newest = _newest(context.price_cache, asset_ids)
+        rows = None
         empty = asset_ids == [] or sources == []
         if conn.dialect.name == "postgresql" and page.size > 0 and not far_side and not empty:
-            shape = _Shape.of(asset_ids, sources, from_, to, page, order, columns)
-            prepared = _prepared(shape, conn.dialect)
-        if prepared is None:
+            rows = await _read_prepared(
+                conn, asset_ids, sources, from_, to, page, order, columns, newest
+            )
+        if rows is None:
             result = await price_page(
                 conn,
                 asset_ids=asset_ids,
@@ -87,18 +95,53 @@ async def load_price_page(context: Any, kwargs: dict[str, Any], rendering: Rende
                 columns=columns,
                 need_has_next=need_next,
                 need_has_previous=need_previous,
+                newest=newest,
             )
             rows, info = result.rows, result.page_info
         else:
-            values = _values(asset_ids, sources, from_, to, page, keyset)
             key_of = _time_key if len(keyset.columns) == 2 else _id_key
-            rows, info = near_page(list(await prepared.fetch(conn, values)), page, keyset, key_of)
+            rows, info = near_page(rows, page, keyset, key_of)
         total = None
         if ("PriceConnection", "totalCount") in used:
             count = price_count(asset_ids=asset_ids, sources=sources, from_=from_, to=to)
             total = 0 if count is None else int(await conn.scalar(count) or 0)
     cursor = _time_cursor(keyset.kind) if len(keyset.columns) == 2 else _id_cursor(keyset.kind)
     return PageValue(rows, info, cursor, total)
+
+
+def _newest(cache: PriceCache | None, asset_ids: Sequence[int] | None) -> datetime | None:
+    """The newest observation the hot-read cache knows of these assets (of any, for None)."""
+    return None if cache is None else cache.newest(asset_ids)
+
+
+async def _read_prepared(
+    conn: AsyncConnection,
+    asset_ids: Sequence[int] | None,
+    sources: Sequence[str] | None,
+    from_: datetime | None,
+    to: datetime | None,
+    page: PageArgs,
+    order: PriceOrder,
+    columns: Sequence[str],
+    newest: datetime | None,
+) -> list[Any] | None:
+    """The page's `size + 1` rows past its cursor, read slice by slice with statements
+    prepared per shape; None when its shape cannot be prepared."""
+    keyset = KEYSETS[order]
+    edges = await EDGES.edges(conn) if len(keyset.columns) == 2 else NONE
+    pieces = page_slices(edges, page=page, order_by=order, from_=from_, to=to, newest=newest)
+    values = _values(asset_ids, sources, from_, to, page, keyset)
+    rows: list[Any] = []
+    for slice_ in pieces:
+        shape = _Shape.of(asset_ids, sources, from_, to, page, order, columns, slice_)
+        prepared = _prepared(shape, conn.dialect)
+        if prepared is None:
+            return None
+        values.update(lower=slice_.lower, upper=slice_.upper, limit=page.size + 1 - len(rows))
+        rows += await prepared.fetch(conn, values)
+        if len(rows) > page.size:
+            break
+    return rows
 
 
 def _time_key(row: Any) -> tuple[Any, ...]:
@@ -141,6 +184,8 @@ class _Shape(NamedTuple):
     backwards: bool
     order: PriceOrder
     columns: tuple[str, ...]
+    has_lower: bool
+    has_upper: bool
 
     @classmethod
     def of(
@@ -152,6 +197,7 @@ class _Shape(NamedTuple):
         page: PageArgs,
         order: PriceOrder,
         columns: Sequence[str],
+        slice_: Slice = WHOLE,
     ) -> _Shape:
         return cls(
             None if asset_ids is None else len(set(asset_ids)),
@@ -163,6 +209,8 @@ class _Shape(NamedTuple):
             page.backwards,
             order,
             tuple(read_columns(columns)),
+            slice_.lower is not None,
+            slice_.upper is not None,
         )
 
 
@@ -176,11 +224,17 @@ def _probes(shape: _Shape) -> tuple[dict[str, Any], dict[Hashable, str]]:
     if shape.sources is not None:
         arguments["sources"] = [f"\x00probe{n:03}" for n in range(shape.sources)]
         probes.update({f"\x00probe{n:03}": f"s{n}" for n in range(shape.sources)})
-    moments = iter(_PROBE_TIME + timedelta(seconds=n) for n in range(4))
+    moments = iter(_PROBE_TIME + timedelta(seconds=n) for n in range(6))
     for name, given in (("from_", shape.has_from), ("to", shape.has_to)):
         if given:
             arguments[name] = moment = next(moments)
             probes[moment] = name
+    bounds = {}
+    for name, given in (("lower", shape.has_lower), ("upper", shape.has_upper)):
+        if given:
+            bounds[name] = moment = next(moments)
+            probes[moment] = name
+    arguments["slice_"] = Slice(**bounds)
     keyset = KEYSETS[shape.order]
     cursors: dict[str, str | None] = {"after": None, "before": None}
     sides = (("after", shape.has_after), ("before", shape.has_before))

@@ -101,8 +101,8 @@ class PricesQuery:
 
         async def work(conn: AsyncConnection) -> tuple[list[int] | None, list[str] | None, Page]:
             asset_ids = None
+            cache = context.price_cache
             if symbols is not None:
-                cache = context.price_cache
                 asset_ids = await resolve_asset_ids(conn, cache=cache, symbols=symbols)
             names = await expand_sources(conn, sources)
             result = await price_page(
@@ -116,6 +116,7 @@ class PricesQuery:
                 columns=wanted.columns,
                 need_has_next=wanted.has_next,
                 need_has_previous=wanted.has_previous,
+                newest=None if cache is None else cache.newest(asset_ids),
             )
             return asset_ids, names, result
 

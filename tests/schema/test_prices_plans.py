@@ -32,10 +32,12 @@ from schema.prices.page import (
     KEYSETS,
     STORED_SOURCES,
     expand_sources,
+    page_slices,
     price_count,
     price_page_statement,
     resolve_asset_ids,
 )
+from schema.prices.slices import EDGES, WHOLE
 from schema.prices.types import PriceOrder
 from server.partitions import ensure_partitions, is_partition_name, partitions
 from tests.support.database import migrated_engine
@@ -213,7 +215,11 @@ def _cursor_condition(case: Case, cursor: str, generic: bool) -> re.Pattern[str]
 
 async def _plan(market: Market, case: Case, cursor: str, generic: bool) -> dict[str, Any]:
     """The plan of one page's statement, run with its values."""
-    statement = case.statement(case.page(cursor))
+    return await _explain(market, case.statement(case.page(cursor)), generic)
+
+
+async def _explain(market: Market, statement: Any, generic: bool) -> dict[str, Any]:
+    """The plan of a statement run with its values: made for them, or generic."""
     if not generic:
         async with market.engine.connect() as conn:
             found = await conn.scalar(Explain(statement))
@@ -295,6 +301,45 @@ BY_TIME = (PriceOrder.OBSERVED_AT_DESC, PriceOrder.OBSERVED_AT_ASC)
 WINDOW_BY_TIME_GENERIC = pytest.mark.xfail(
     strict=True, reason="generic plan of one symbol in a time window, by time, per partition"
 )
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["for-the-values", "generic"])
+@pytest.mark.parametrize("order", BY_TIME, ids=lambda order: order.name)
+@pytest.mark.parametrize("name", ["none", "one symbol", "several symbols", "symbol and source"])
+async def test_the_first_slice_of_page_one_reads_its_partitions_a_page_deep(
+    market: Market, name: str, order: PriceOrder, generic: bool
+) -> None:
+    """Page 1 by time reads one slice of time first (schema.prices.slices), from the newest
+    month (or to the oldest): the other months are pruned, and each branch is an index read in
+    order and stopped by LIMIT, never the slice's rows sorted, in a generic plan too."""
+    async with market.engine.connect() as conn:
+        case = await _case(conn, name, order, False)
+        edges = await EDGES.edges(conn)
+    page = case.page(None)
+    first = next(
+        iter(page_slices(edges, page=page, order_by=order, from_=None, to=None, newest=None))
+    )
+    assert first != WHOLE
+    statement = price_page_statement(
+        page=page, order_by=order, columns=COLUMNS, slice_=first, **case.scope
+    )
+    plan = await _explain(market, statement, generic)
+    nodes = list(_nodes(plan))
+    scans = [n for n in nodes if of_prices(n.get("Relation Name"))]
+    assert {n["Node Type"] for n in scans} <= {"Index Scan", "Index Only Scan"}, plan
+    # A page deep per branch: a sort of the slice's rows would have read them all.
+    read = sum(n["Actual Rows"] * n["Actual Loops"] for n in scans)
+    assert read <= case.branches * (SIZE + 1) + len(scans), plan
+    async with market.engine.begin() as conn:
+        held = [p for p in await partitions(conn, "prices") if p.rows]
+    outside = {
+        p.name
+        for p in held
+        if (first.lower and p.upper and p.upper <= first.lower)
+        or (first.upper and p.lower and p.lower >= first.upper)
+    }
+    assert outside
+    assert not {n["Relation Name"] for n in scans} & outside, plan
 
 
 async def test_a_family_is_expanded_from_a_few_index_probes_not_a_scan(market: Market) -> None:
