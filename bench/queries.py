@@ -16,7 +16,8 @@ and PostGraphile 5, over the same 2,000,000 prices.
 3. Cases: a first page of 100 prices of a random symbol (of the 50) per request; a page 100 rows
    long `--deep` (30,000) rows into one symbol, after a cursor computed beforehand; latestPrices
    of three symbols; hourly candles of one symbol over the 30 days up to its newest price; the
-   first 50 assets. PostGraphile has no latestPrices or candles: those cases skip it. Before any
+   first 50 assets. PostGraphile has no latestPrices or candles, and a PostGraphile whose schema
+   has no `allPrices` (4, on partitioned prices) no prices: those cases skip it. Before any
    load, one response of every server per case is checked: HTTP 200, no GraphQL errors, and the
    same rows as the raw endpoint (kasparro's `data` must equal the raw endpoint's exactly).
 4. Load: wrk (`--threads` 2, `--connections` 32, `--duration` s, --latency) with a generated Lua
@@ -939,7 +940,8 @@ preset, production settings) with their own equivalent queries. See [README.md](
 what the benchmark does. `kasparro serve` runs with its rate limiter on but set far above the
 load (`KASPARRO_RATE_LIMIT_PER_MINUTE=600000000`: the default, 6,000 a minute per client, is
 for one browser or office, not for one load generator) and without Redis. PostGraphile has
-no latestPrices or candles. The raw endpoint asks PostgreSQL on every request; kasparro answers
+no latestPrices or candles, and PostGraphile 4 no prices since `prices` is partitioned (it
+exposes each partition as a table of its own). The raw endpoint asks PostgreSQL on every request; kasparro answers
 some reads from its in-process price cache (those whose PG CPU per request is about 0, such as
 latestPrices), so it can beat the raw endpoint there.
 
