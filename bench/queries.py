@@ -941,9 +941,9 @@ what the benchmark does. `kasparro serve` runs with its rate limiter on but set 
 load (`KASPARRO_RATE_LIMIT_PER_MINUTE=600000000`: the default, 6,000 a minute per client, is
 for one browser or office, not for one load generator) and without Redis. PostGraphile has
 no latestPrices or candles, and PostGraphile 4 no prices since `prices` is partitioned (it
-exposes each partition as a table of its own). The raw endpoint asks PostgreSQL on every request; kasparro answers
-some reads from its in-process price cache (those whose PG CPU per request is about 0, such as
-latestPrices), so it can beat the raw endpoint there.
+exposes each partition as a table of its own). The raw endpoint asks PostgreSQL on every
+request; kasparro answers some reads from its in-process price cache (those whose PG CPU per
+request is about 0, such as latestPrices), so it can beat the raw endpoint there.
 
 Ratios are what to read: every ratio compares two figures of the same round, measured back to
 back; absolute figures move with the machine's other load.
