@@ -95,9 +95,43 @@ class Subscriber:
     def push(self, item: Item, payload: str | None) -> None:
         raise NotImplementedError
 
+    def push_all(self, batch: Batch) -> None:
+        """Every item of one event, in order: what `push` of each would do, in one call (a
+        subscriber that can queue them at once overrides it)."""
+        for item, payload in batch.entries:
+            self.push(item, payload)
+
     def overflow(self, reason: str) -> None:
         """Called once when the subscriber fell too far behind."""
         raise NotImplementedError
+
+
+class Batch:
+    """One event's items for a feed, each with its rendered payload, in order."""
+
+    __slots__ = ("_encoded", "entries", "last", "lowest")
+
+    def __init__(self, entries: list[tuple[Item, str | None]]) -> None:
+        self.entries = entries
+        firsts = [item.first for item, _ in entries if item.first is not None]
+        # The lowest price id any item starts at (None: no item is ordered by price id).
+        self.lowest = min(firsts) if firsts else None
+        # Where a subscriber sent every item stands: the last item's `last` that is not None.
+        self.last = next(
+            (item.last for item, _ in reversed(entries) if item.last is not None), None
+        )
+        self._encoded: tuple[list[bytes], int] | None = None
+
+    def unsent_to(self, last: int | None) -> bool:
+        """Whether a subscriber sent everything up to price id `last` needs every item whole."""
+        return last is None or self.lowest is None or self.lowest > last
+
+    def encoded(self) -> tuple[list[bytes], int]:
+        """The payloads in UTF-8 and their total length, encoded once for every subscriber."""
+        if self._encoded is None:
+            data = [(payload or "").encode() for _, payload in self.entries]
+            self._encoded = (data, sum(map(len, data)))
+        return self._encoded
 
 
 def unsent(stream: Stream, item: Item, last: int | None) -> Item | None:
@@ -134,38 +168,44 @@ class Feed:
         return None if self.renderer is None else await self.renderer.render(item.value)
 
     async def dispatch(self, event: Any) -> int:
-        """Offer the items of `event` to every subscriber; returns the messages queued."""
+        """Offer the items of `event` to every subscriber; returns the messages queued.
+
+        Subscriber by subscriber: one that was sent everything before these items (any live
+        subscriber but one just handed over from its replay) takes them all in one call. Each
+        item is rendered once, for all; everything is queued before any writer runs, so each
+        client's messages of this event leave in one write (server.live.direct)."""
         items = self.stream.select(event)
         if not items:
             return 0
         if self.renderer is not None:
             self.renderer.refresh()
-        # Everything is queued before any writer runs: each client's messages of this event
-        # then leave in one write (server.live.direct), instead of one write per message.
+        batch: Batch | None = None
         queued = 0
-        for item in items:
-            shared: str | None = None
-            rendered = False
-            # A snapshot: rendering may await, and subscribers come and go meanwhile.
-            for sub in tuple(self.subscribers):
-                if sub.closed:
-                    continue
-                if not sub.live:
+        # A snapshot: rendering may await, and subscribers come and go meanwhile.
+        for sub in tuple(self.subscribers):
+            if sub.closed:
+                continue
+            if not sub.live:
+                for item in items:
                     if len(sub.pending) >= MAX_PENDING:
                         sub.overflow(f"more than {MAX_PENDING} live messages arrived during replay")
-                    else:
-                        sub.pending.append(item)
-                    continue
+                        break
+                    sub.pending.append(item)
+                continue
+            if batch is None:
+                batch = Batch([(item, await self.render(item)) for item in items])
+            if batch.unsent_to(sub.last):
+                sub.push_all(batch)
+                queued += len(batch.entries)
+                if batch.last is not None:
+                    sub.last = batch.last
+                continue
+            for item, payload in batch.entries:
                 needed = unsent(self.stream, item, sub.last)
                 if needed is None:
                     continue
-                if needed is item:
-                    if not rendered:
-                        shared = await self.render(item)
-                        rendered = True
-                    sub.push(item, shared)
-                else:  # partly sent already (the hand-off after a replay): its own execution
-                    sub.push(needed, await self.render(needed))
+                # Partly sent already (the hand-off after a replay): its own execution.
+                sub.push(needed, payload if needed is item else await self.render(needed))
                 if needed.last is not None:
                     sub.last = needed.last
                 queued += 1

@@ -30,7 +30,7 @@ from strawberry.types import ExecutionResult
 from schema.context import Context
 from schema.extensions import classify_error
 from schema.inputs import check_values
-from schema.live.hub import Subscriber
+from schema.live.hub import Batch, Subscriber
 from schema.live.streams import Item
 from server.errors import RateLimited, UserError, graphql_error
 from server.live.execution import Request, RequestError, SelectionRenderer, root_field, sharing_key
@@ -59,6 +59,10 @@ class WsSubscriber(Subscriber):
     def push(self, item: Item, payload: str | None) -> None:
         assert payload is not None
         self.connection.enqueue((self.prefix, _encoded(payload)))
+
+    def push_all(self, batch: Batch) -> None:
+        payloads, size = batch.encoded()
+        self.connection.enqueue_all(self.prefix, payloads, size)
 
     def overflow(self, reason: str) -> None:
         self.connection.overflow(reason)

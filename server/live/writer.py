@@ -88,6 +88,21 @@ class BoundedWriter:
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def enqueue_all(self, prefix: bytes, payloads: list[bytes], size: int) -> None:
+        """Queue a `(prefix, payload)` frame per payload (`size`: the payloads' total length),
+        as `enqueue` of each would, in one call."""
+        if self.closing:
+            return
+        size += (len(prefix) + 1) * len(payloads)  # as size_of counts each frame
+        if self.queued_bytes + size > self.max_bytes:
+            self.overflow(f"more than {self.max_bytes} bytes of messages were waiting")
+            return
+        self.queue.extend([(prefix, payload) for payload in payloads])
+        self.queued_bytes += size
+        if self._writer is None and not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def send_json(self, message: dict[str, Any]) -> None:
         """Queue one message as compact JSON."""
         self.enqueue(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
