@@ -742,8 +742,20 @@ async def run(args: argparse.Namespace, tmp: Path) -> Outcome:
         client_cpu=cpu[2],
         messages=len(window),
         started=dt.datetime.fromtimestamp(fake.first_sent or time.time(), dt.UTC),
-        machine=machine(),
+        machine=f"{machine()}; kasparro at {revision()}",
     )
+
+
+def revision() -> str:
+    """The checkout's commit, and whether the code it runs has uncommitted changes."""
+    from bench.queries import command_output
+
+    here = str(Path(__file__).resolve().parent.parent)
+    commit = command_output(["git", "-C", here, "rev-parse", "--short", "HEAD"])
+    dirty = command_output(
+        ["git", "-C", here, "status", "--porcelain", "--", "server", "schema", "workers"]
+    )
+    return f"{commit}{' with uncommitted changes' if dirty else ''}"
 
 
 # --- the command ------------------------------------------------------------------------------
