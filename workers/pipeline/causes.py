@@ -35,14 +35,29 @@ _BAD_DATA_SQLSTATE_CLASSES = ("22", "23")  # data exception, integrity constrain
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
-    """`exc` and what it wraps: SQLAlchemy's `orig`, the driver's cause."""
+    """`exc` and what it wraps: SQLAlchemy's `orig`, the driver's cause; and, for a driver's
+    interface error raised while handling another error (a transaction's rollback refused on
+    the connection the first error broke: "another operation is in progress", "the connection
+    is closed"), the error it was handling: the consequence says less than the cause."""
     found: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and all(current is not seen for seen in found):
         found.append(current)
         orig = getattr(current, "orig", None) if isinstance(current, DBAPIError) else None
-        current = orig if isinstance(orig, BaseException) else current.__cause__
+        following = orig if isinstance(orig, BaseException) else current.__cause__
+        if following is None and _is_interface_error(current):
+            context = current.__context__
+            following = None if current.__suppress_context__ else context
+        current = following
     return found
+
+
+def _is_interface_error(error: BaseException) -> bool:
+    """A DB-API InterfaceError (SQLAlchemy's, its adapters', asyncpg's or sqlite3's): about the
+    connection's state, not the statement."""
+    return type(error).__name__ == "InterfaceError" and (
+        _from(error, "sqlalchemy") or _from(error, "asyncpg") or _from(error, "sqlite3")
+    )
 
 
 def _sqlstate(exc: BaseException) -> str | None:

@@ -10,7 +10,10 @@ COPYs of the batch (quarantined rows).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import groupby
@@ -21,6 +24,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from workers.pipeline.causes import is_database_unavailable
 from workers.pipeline.identity import Resolved
 from workers.pipeline.merge import COMPARED, Merged, MergedRow
 from workers.quality.anomalies import AnomalyRules
@@ -163,21 +167,21 @@ async def upsert_prices(
             return asset_id, observed_at
 
         positions, rows = _rows_by_asset(staging.rows, staging.last, asset_of)
-    pg = await driver(conn)
-    await pg.execute(_CREATE_STAGE)
-    # Staged before the lock: only the merge needs to be serialized with other price writers.
-    await pg.copy_records_to_table(_STAGE, columns=_STAGE_COLUMNS, records=rows)
-    await pg.execute("SELECT pg_advisory_xact_lock($1)", PRICE_WRITE_LOCK)
-    survey = None
-    if checks is not None:  # under the lock: what it sees stays true until the merge
-        spans = _spans(rows, asset_of)
-        survey = await survey_prices(conn, source=source, spans=spans, rules=checks)
-    max_before = await pg.fetchval("SELECT coalesce(max(id), 0) FROM prices")
-    now = datetime.now(UTC)
-    statement = _MERGE_RENUMBERING if renumber else _MERGE
-    written = await pg.fetch(
-        statement, source, run_id, raw_id, now, list(asset_of), list(asset_of.values())
-    )
+    async with driver(conn) as pg:
+        await pg.execute(_CREATE_STAGE)
+        # Staged before the lock: only the merge needs to be serialized with other writers.
+        await pg.copy_records_to_table(_STAGE, columns=_STAGE_COLUMNS, records=rows)
+        await pg.execute("SELECT pg_advisory_xact_lock($1)", PRICE_WRITE_LOCK)
+        survey = None
+        if checks is not None:  # under the lock: what it sees stays true until the merge
+            spans = _spans(rows, asset_of)
+            survey = await survey_prices(conn, source=source, spans=spans, rules=checks)
+        max_before = await pg.fetchval("SELECT coalesce(max(id), 0) FROM prices")
+        now = datetime.now(UTC)
+        statement = _MERGE_RENUMBERING if renumber else _MERGE
+        written = await pg.fetch(
+            statement, source, run_id, raw_id, now, list(asset_of), list(asset_of.values())
+        )
     merged: list[MergedRow] = []
     for price_id, asset_id, observed_at, renumbered in written:
         row = rows[positions[key(asset_id, observed_at)]]
@@ -217,8 +221,16 @@ def _spans(rows: list[Row], asset_of: dict[str, int]) -> dict[int, tuple[datetim
     return spans
 
 
-async def driver(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under `conn` (for COPY), inside `conn`'s transaction."""
+@contextlib.asynccontextmanager
+async def driver(conn: AsyncConnection) -> AsyncIterator[Any]:
+    """The asyncpg connection under `conn` (for COPY), inside `conn`'s transaction.
+
+    An operation on it that fails with the connection gone (the server restarting in the
+    middle of a COPY) or cut short (the task cancelled) leaves asyncpg's protocol in no state to
+    roll back: the transaction's rollback would raise its own error ("another operation is in
+    progress", "the underlying connection is closed") in place of the cause. So the connection
+    is invalidated first (the server rolls the transaction back with it), and the cause goes on
+    as it was."""
     raw = await conn.get_raw_connection()
     pg = raw.driver_connection
     assert pg is not None
@@ -228,4 +240,10 @@ async def driver(conn: AsyncConnection) -> Any:
         await conn.execute(text("SELECT 1"))
     if not pg.is_in_transaction():  # an AUTOCOMMIT connection: the staging table would empty
         raise RuntimeError("a batch must be written inside a transaction")
-    return pg
+    try:
+        yield pg
+    except BaseException as exc:
+        cut = isinstance(exc, asyncio.CancelledError) or is_database_unavailable(exc)
+        if cut or pg.is_closed():
+            await conn.invalidate()
+        raise

@@ -28,16 +28,17 @@ async def insert_quarantine(
 ) -> None:
     """Store the `rejected` items, each with its reason."""
     if conn.dialect.name == "postgresql":
-        pg, now = await driver(conn), datetime.now(UTC)
-        await pg.copy_records_to_table(
-            "quarantine",
-            columns=_COLUMNS,
-            records=[
-                (run_id, source, raw_id, item.origin[:500], reason, payload, now)
-                for item, reason in rejected
-                for payload in [json.dumps(dict(item.payload))]
-            ],
-        )
+        now = datetime.now(UTC)
+        async with driver(conn) as pg:
+            await pg.copy_records_to_table(
+                "quarantine",
+                columns=_COLUMNS,
+                records=[
+                    (run_id, source, raw_id, item.origin[:500], reason, payload, now)
+                    for item, reason in rejected
+                    for payload in [json.dumps(dict(item.payload))]
+                ],
+            )
         return
     await conn.execute(
         quarantine.insert(),
