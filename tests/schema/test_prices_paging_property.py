@@ -134,6 +134,24 @@ async def test_every_row_exactly_once_in_order(engine: AsyncEngine, via: str) ->
     """Through /graphql (whichever path answers there), and through the resolvers alone."""
     rows = await _seed(engine)
     url = engine.url.render_as_string(hide_password=False)
+    await check_every_walk(
+        url, via, rows, filters=filters, orders=ORDERS, sizes=st.integers(1, 25), examples=30
+    )
+
+
+async def check_every_walk(
+    url: str,
+    via: str,
+    rows: list[dict[str, Any]],
+    *,
+    filters: st.SearchStrategy[dict[str, Any]],
+    orders: list[str],
+    sizes: st.SearchStrategy[int],
+    examples: int,
+) -> None:
+    """Hypothesis: walking all pages of any of `filters`, `orders` and `sizes`, forwards or
+    backwards, through /graphql or the resolvers (`via`) of an app on `url`, yields `rows`'
+    matching ones exactly once and in order."""
     # Thousands of pages in seconds: far above any client's rate limit, which is off here.
     settings_ = Settings.load(_env_file=None, DATABASE_URL=url, KASPARRO_RATE_LIMIT_PER_MINUTE=0)
     async with running_app(settings_) as (app, client):
@@ -144,21 +162,15 @@ async def test_every_row_exactly_once_in_order(engine: AsyncEngine, via: str) ->
         answer: Answer = over_http if via == "http" else Resolvers(app)
 
         @settings(
-            max_examples=30,
+            max_examples=examples,
             deadline=None,
             derandomize=True,
             suppress_health_check=[HealthCheck.function_scoped_fixture],
         )
-        @given(
-            flt=filters,
-            order=st.sampled_from(ORDERS),
-            size=st.integers(1, 25),
-            backwards=st.booleans(),
-        )
+        @given(flt=filters, order=st.sampled_from(orders), size=sizes, backwards=st.booleans())
         def check(flt: dict[str, Any], order: str, size: int, backwards: bool) -> None:
             expected = _expected(rows, flt, order)
-            seen = portal_run(_walk(answer, flt, order, size, backwards))
-            assert seen == expected
+            assert portal_run(_walk(answer, flt, order, size, backwards)) == expected
 
         portal_run = _Portal()
         await portal_run.run_in_thread(check)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -27,19 +27,10 @@ from schema.prices.page import price_page, price_page_statement
 from schema.prices.slices import EDGES, WHOLE, Slice, slices
 from schema.prices.types import PriceOrder
 from server.partitions import ensure_partitions, partitions, time_edges
-from server.settings import Settings
 from server.tables import prices
-from tests.schema.test_prices_paging_property import (
-    ORDERS,
-    Answer,
-    _expected,
-    _Portal,
-    _walk,
-)
+from tests.schema.test_prices_paging_property import ORDERS, check_every_walk
 from tests.schema.test_prices_plans import GENERIC_PLANS, Explain, _nodes, of_prices
-from tests.support.asgi import graphql, running_app
 from tests.support.database import migrated_engine
-from tests.support.resolvers import Resolvers
 from tests.support.seed import seed_assets, seed_prices
 from tests.support.services import postgres_admin_url, temporary_postgres_database
 from tests.support.statements import recorded_statements
@@ -229,34 +220,15 @@ window_filters = st.fixed_dictionaries(
 async def test_every_row_exactly_once_in_order_across_partitions(daily: Daily, via: str) -> None:
     """Through /graphql (the compiled path, prepared statements per slice) and the resolvers
     (SQLAlchemy), with the hot-read cache's newest prices as the pages' start."""
-    settings_ = Settings.load(
-        _env_file=None, DATABASE_URL=daily.url, KASPARRO_RATE_LIMIT_PER_MINUTE=0
+    await check_every_walk(
+        daily.url,
+        via,
+        daily.rows,
+        filters=window_filters,
+        orders=ORDERS[:2],
+        sizes=st.integers(8, 120),
+        examples=25,
     )
-    async with running_app(settings_) as (app, client):
-
-        async def over_http(query: str, variables: dict[str, Any]) -> dict[str, Any]:
-            return await graphql(client, query, variables)
-
-        answer: Answer = over_http if via == "http" else Resolvers(app)
-
-        @settings(
-            max_examples=25,
-            deadline=None,
-            derandomize=True,
-            suppress_health_check=[HealthCheck.function_scoped_fixture],
-        )
-        @given(
-            flt=window_filters,
-            order=st.sampled_from(ORDERS[:2]),
-            size=st.integers(8, 120),
-            backwards=st.booleans(),
-        )
-        def check(flt: dict[str, Any], order: str, size: int, backwards: bool) -> None:
-            expected = _expected(daily.rows, flt, order)
-            assert portal_run(_walk(answer, flt, order, size, backwards)) == expected
-
-        portal_run = _Portal()
-        await portal_run.run_in_thread(check)
 
 
 def _page(size: int, symbol_ids: list[int] | None, order: PriceOrder) -> dict[str, Any]:
