@@ -668,6 +668,7 @@ def worker_env(
 
 async def run(args: argparse.Namespace, tmp: Path) -> Outcome:
     from bench.csv_backfill import fresh_database
+    from bench.queries import checkout_revision
     from bench.soak import listening
     from bench.subscribers import cpu_seconds, machine, private_redis
     from tests.chaos.stack import deployment_env, serve, worker
@@ -742,20 +743,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> Outcome:
         client_cpu=cpu[2],
         messages=len(window),
         started=dt.datetime.fromtimestamp(fake.first_sent or time.time(), dt.UTC),
-        machine=f"{machine()}; kasparro at {revision()}",
+        machine=f"{machine()}; kasparro at {checkout_revision()}",
     )
-
-
-def revision() -> str:
-    """The checkout's commit, and whether the code it runs has uncommitted changes."""
-    from bench.queries import command_output
-
-    here = str(Path(__file__).resolve().parent.parent)
-    commit = command_output(["git", "-C", here, "rev-parse", "--short", "HEAD"])
-    dirty = command_output(
-        ["git", "-C", here, "status", "--porcelain", "--", "server", "schema", "workers"]
-    )
-    return f"{commit}{' with uncommitted changes' if dirty else ''}"
 
 
 # --- the command ------------------------------------------------------------------------------

@@ -774,6 +774,14 @@ def command_output(command: list[str]) -> str:
         return "unknown"
 
 
+def checkout_revision() -> str:
+    """The checkout's commit, and whether the code it runs has uncommitted changes."""
+    commit = command_output(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"])
+    dirty = command_output(["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "server",
+                            "schema", "workers", "migrations"])  # fmt: skip
+    return f"{commit}{' with uncommitted changes' if dirty else ''}"
+
+
 async def facts(args: argparse.Namespace, data: Data, names: list[str]) -> list[str]:
     model = "unknown CPU"
     with contextlib.suppress(OSError):
@@ -1044,10 +1052,7 @@ async def main_async(args: argparse.Namespace) -> None:
     except ImportError:
         raise SystemExit("bench.raw_queries needs orjson: .venv/bin/pip install orjson") from None
     args.load_before = " ".join(read_text("/proc/loadavg").split()[:3])
-    revision = command_output(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"])
-    dirty = command_output(["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "server",
-                            "schema", "workers", "migrations"])  # fmt: skip
-    args.revision = f"{revision}{' with uncommitted changes' if dirty else ''}"
+    args.revision = checkout_revision()
     names = [name for name in SERVERS if name in args.server]
     for name in names:
         if name.startswith("postgraphile"):

@@ -79,7 +79,7 @@ from bench.queries import (
     HEADERS,
     KASPARRO,
     backend_cpu,
-    command_output,
+    checkout_revision,
     lua_script,
     plain_url,
     read_text,
@@ -1454,10 +1454,7 @@ async def main_async(args: argparse.Namespace) -> None:
     if shutil.which(args.wrk) is None:
         raise SystemExit(f"{args.wrk} not found: apt-get install wrk")
     args.load_before = " ".join(read_text("/proc/loadavg").split()[:3])
-    revision = command_output(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"])
-    dirty = command_output(["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "server",
-                            "schema", "workers", "migrations"])  # fmt: skip
-    args.revision = f"{revision}{' with uncommitted changes' if dirty else ''}"
+    args.revision = checkout_revision()
     args.run_id = uuid.uuid4().hex[:8]
     args.shape_checked = False
     args.bulk_revision = bulk_revision() if args.load == "copy" else "head"
