@@ -343,6 +343,22 @@ def price_page_statement(
     return page_statement(query, KEYSETS[order_by], page, parts=parts, limit=limit)
 
 
+async def read_slices(
+    conn: AsyncConnection,
+    *,
+    page: PageArgs,
+    order_by: PriceOrder,
+    from_: datetime | None,
+    to: datetime | None,
+    newest: datetime | None,
+) -> Iterable[Slice]:
+    """`page_slices` with the partition edges of `conn`'s engine (read only for a page by
+    time, at most once a minute)."""
+    by_time = len(KEYSETS[order_by].columns) == 2 and page.size > 0
+    edges = await EDGES.edges(conn) if by_time else NONE
+    return page_slices(edges, page=page, order_by=order_by, from_=from_, to=to, newest=newest)
+
+
 def page_slices(
     edges: Edges,
     *,
@@ -435,8 +451,9 @@ async def price_page(
                 has_next_page=False, has_previous_page=False, start_cursor=None, end_cursor=None
             ),
         )
-    edges = await EDGES.edges(conn) if len(keyset.columns) == 2 and page.size > 0 else NONE
-    pieces = page_slices(edges, page=page, order_by=order_by, from_=from_, to=to, newest=newest)
+    pieces = await read_slices(
+        conn, page=page, order_by=order_by, from_=from_, to=to, newest=newest
+    )
 
     def scope(slice_: Slice) -> tuple[Select[Any], list[Part]]:
         return price_scope(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,19 +25,16 @@ from schema.prices.page import (
     KEYSETS,
     check_window,
     expand_sources,
-    page_slices,
     price_count,
     price_page,
     price_page_statement,
+    read_slices,
     resolve_asset_ids,
     validate_sources,
 )
-from schema.prices.slices import EDGES, NONE, WHOLE, Slice
+from schema.prices.slices import WHOLE, Slice
 from schema.prices.types import PriceOrder
 from server.db import read_engine
-
-if TYPE_CHECKING:
-    from schema.prices.cache import PriceCache
 
 DEFAULT_ORDER = PriceOrder.OBSERVED_AT_DESC
 
@@ -76,7 +73,8 @@ async def load_price_page(context: Any, kwargs: dict[str, Any], rendering: Rende
         far_side = (need_previous and page.after and not page.backwards) or (
             need_next and page.before and page.backwards
         )
-        newest = _newest(context.price_cache, asset_ids)
+        cache = context.price_cache
+        newest = None if cache is None else cache.newest(asset_ids)
         rows = None
         empty = asset_ids == [] or sources == []
         if conn.dialect.name == "postgresql" and page.size > 0 and not far_side and not empty:
@@ -109,11 +107,6 @@ async def load_price_page(context: Any, kwargs: dict[str, Any], rendering: Rende
     return PageValue(rows, info, cursor, total)
 
 
-def _newest(cache: PriceCache | None, asset_ids: Sequence[int] | None) -> datetime | None:
-    """The newest observation the hot-read cache knows of these assets (of any, for None)."""
-    return None if cache is None else cache.newest(asset_ids)
-
-
 async def _read_prepared(
     conn: AsyncConnection,
     asset_ids: Sequence[int] | None,
@@ -127,10 +120,8 @@ async def _read_prepared(
 ) -> list[Any] | None:
     """The page's `size + 1` rows past its cursor, read slice by slice with statements
     prepared per shape; None when its shape cannot be prepared."""
-    keyset = KEYSETS[order]
-    edges = await EDGES.edges(conn) if len(keyset.columns) == 2 else NONE
-    pieces = page_slices(edges, page=page, order_by=order, from_=from_, to=to, newest=newest)
-    values = _values(asset_ids, sources, from_, to, page, keyset)
+    pieces = await read_slices(conn, page=page, order_by=order, from_=from_, to=to, newest=newest)
+    values = _values(asset_ids, sources, from_, to, page, KEYSETS[order])
     rows: list[Any] = []
     for slice_ in pieces:
         shape = _Shape.of(asset_ids, sources, from_, to, page, order, columns, slice_)

@@ -84,9 +84,7 @@ class BoundedWriter:
             return
         self.queue.append(frame)
         self.queued_bytes += size
-        if self._writer is None and not self._flush_due:
-            self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._flush_soon()
 
     def enqueue_all(self, prefix: bytes, payloads: list[bytes], size: int) -> None:
         """Queue a `(prefix, payload)` frame per payload (`size`: the payloads' total length),
@@ -99,6 +97,11 @@ class BoundedWriter:
             return
         self.queue.extend([(prefix, payload) for payload in payloads])
         self.queued_bytes += size
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Write what is queued at the end of this turn of the loop (unless a write is due or
+        the writer task runs): everything queued until then leaves in one write."""
         if self._writer is None and not self._flush_due:
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
