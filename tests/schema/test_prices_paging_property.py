@@ -41,20 +41,35 @@ query($filter: PriceFilter, $first: Int, $after: String, $last: Int, $before: St
 
 async def _seed(engine: AsyncEngine) -> list[dict[str, Any]]:
     """~150 prices with many equal timestamps (ties are where keyset paging breaks)."""
+    rng = random.Random(7)
+    keys = {
+        (slug, source, rng.randrange(40))
+        for slug in ("bitcoin", "ethereum", "solana")
+        for source in SOURCES
+        for _ in range(20)
+    }
+    return await seed_hours(engine, keys, T0, rng)
+
+
+async def seed_hours(
+    engine: AsyncEngine, keys: set[tuple[str, str, int]], start: datetime, rng: random.Random
+) -> list[dict[str, Any]]:
+    """Bitcoin, Ethereum and Solana, and a price per (slug, source, hours after `start`) key,
+    inserted in random order (ids unrelated to time order); the stored prices as the walks
+    compare them."""
     ids = await seed_assets(
         engine,
         ("bitcoin", "BTC", "Bitcoin"),
         ("ethereum", "ETH", "Ethereum"),
         ("solana", "SOL", "Solana"),
     )
-    rng = random.Random(7)
-    keys = {
-        (slug, source, rng.randrange(40)) for slug in ids for source in SOURCES for _ in range(20)
-    }
-    rows = sorted(keys, key=lambda _: rng.random())  # ids unrelated to time order
+    rows = sorted(keys, key=lambda _: rng.random())
     await seed_prices(
         engine,
-        [(ids[slug], source, T0 + timedelta(hours=h), Decimal(h + 1)) for slug, source, h in rows],
+        [
+            (ids[slug], source, start + timedelta(hours=h), Decimal(h + 1))
+            for slug, source, h in rows
+        ],
     )
     symbol = {ids["bitcoin"]: "BTC", ids["ethereum"]: "ETH", ids["solana"]: "SOL"}
     async with engine.connect() as conn:

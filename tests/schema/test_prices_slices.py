@@ -28,10 +28,10 @@ from schema.prices.slices import EDGES, WHOLE, Slice, slices
 from schema.prices.types import PriceOrder
 from server.partitions import ensure_partitions, partitions, time_edges
 from server.tables import prices
-from tests.schema.test_prices_paging_property import ORDERS, check_every_walk
+from tests.schema.test_prices_paging_property import ORDERS, check_every_walk, seed_hours
 from tests.schema.test_prices_plans import GENERIC_PLANS, Explain, _nodes, of_prices
 from tests.support.database import migrated_engine
-from tests.support.seed import seed_assets, seed_prices
+from tests.support.seed import seed_prices
 from tests.support.services import postgres_admin_url, temporary_postgres_database
 from tests.support.statements import recorded_statements
 
@@ -128,12 +128,6 @@ async def _seed(engine: AsyncEngine) -> list[dict[str, Any]]:
     """Prices over 60 daily partitions: BTC every few hours throughout, ETH in bursts a week
     apart, SOL only in the first week (a symbol whose rows are all far from now), csv rare;
     many equal timestamps, ids unrelated to time."""
-    ids = await seed_assets(
-        engine,
-        ("bitcoin", "BTC", "Bitcoin"),
-        ("ethereum", "ETH", "Ethereum"),
-        ("solana", "SOL", "Solana"),
-    )
     rng = random.Random(11)
     hours = {
         "bitcoin": range(0, DAYS * 24, 7),
@@ -148,22 +142,7 @@ async def _seed(engine: AsyncEngine) -> list[dict[str, Any]]:
         if source != "csv" or rng.random() < 0.1
         if rng.random() < 0.7
     }
-    rows = sorted(keys, key=lambda _: rng.random())
-    await seed_prices(
-        engine,
-        [(ids[slug], source, T0 + timedelta(hours=h), Decimal(h + 1)) for slug, source, h in rows],
-    )
-    symbol = {ids["bitcoin"]: "BTC", ids["ethereum"]: "ETH", ids["solana"]: "SOL"}
-    async with engine.connect() as conn:
-        stored = (
-            await conn.execute(
-                select(prices.c.id, prices.c.asset_id, prices.c.source, prices.c.observed_at)
-            )
-        ).all()
-    return [
-        {"id": r.id, "symbol": symbol[r.asset_id], "source": r.source, "at": r.observed_at}
-        for r in stored
-    ]
+    return await seed_hours(engine, keys, T0, rng)
 
 
 class Daily:
