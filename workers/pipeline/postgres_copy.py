@@ -10,7 +10,6 @@ COPYs of the batch (quarantined rows).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -226,11 +225,10 @@ async def driver(conn: AsyncConnection) -> AsyncIterator[Any]:
     """The asyncpg connection under `conn` (for COPY), inside `conn`'s transaction.
 
     An operation on it that fails with the connection gone (the server restarting in the
-    middle of a COPY) or cut short (the task cancelled) leaves asyncpg's protocol in no state to
-    roll back: the transaction's rollback would raise its own error ("another operation is in
-    progress", "the underlying connection is closed") in place of the cause. So the connection
-    is invalidated first (the server rolls the transaction back with it), and the cause goes on
-    as it was."""
+    middle of a COPY) leaves asyncpg's protocol in no state to roll back: the transaction's
+    rollback would raise its own error ("another operation is in progress", "the underlying
+    connection is closed") in place of the cause. So the connection is invalidated first (the
+    server rolls the transaction back with it), and the cause goes on as it was."""
     raw = await conn.get_raw_connection()
     pg = raw.driver_connection
     assert pg is not None
@@ -242,8 +240,9 @@ async def driver(conn: AsyncConnection) -> AsyncIterator[Any]:
         raise RuntimeError("a batch must be written inside a transaction")
     try:
         yield pg
-    except BaseException as exc:
-        cut = isinstance(exc, asyncio.CancelledError) or is_database_unavailable(exc)
-        if cut or pg.is_closed():
-            await conn.invalidate()
+    except Exception as exc:
+        if pg.is_closed() or is_database_unavailable(exc):
+            # Its own failure to close the broken connection must not replace the cause.
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
         raise
