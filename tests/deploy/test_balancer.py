@@ -110,9 +110,21 @@ async def balancer(binary: str, servers: list[Server], directory: Path) -> Async
     ) as haproxy:
         await states(haproxy, {server.name: "UP" for server in servers})
         # Up by an HTTP check that got the expected status (/readyz, 200), not a TCP connect.
-        checks = {name: state.check for name, state in (await haproxy.servers()).items()}
+        # A server starts UP before its first check: "INI" until that check has run.
+        checks = await first_checks(haproxy)
         assert checks == {server.name: "L7OK" for server in servers}
         yield haproxy
+
+
+async def first_checks(haproxy: Haproxy) -> dict[str, str]:
+    """Each server's health check result, once every server's first check has run."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while True:
+        checks = {name: state.check for name, state in (await haproxy.servers()).items()}
+        if "INI" not in checks.values() or loop.time() > deadline:
+            return checks
+        await asyncio.sleep(0.02)
 
 
 async def states(haproxy: Haproxy, expected: dict[str, str]) -> None:
